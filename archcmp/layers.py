@@ -236,17 +236,23 @@ class MLP(nnx.Module):
         self.wo = _param(rngs, (cfg.d_ff, cfg.d_model), cfg, ("mlp", "embed"))
 
     def __call__(self, x: Array) -> Array:
-        h = jnp.einsum("btd,dnf->nbtf", x, _cast(self.wi, self.cfg))  # [n, B, T, F]
-        act = self.cfg.activation
-        if act == "gelu":
-            h = jax.nn.gelu(h[0])
-        elif act == "relu":
-            h = jax.nn.relu(h[0])
-        elif act == "swiglu":
-            h = jax.nn.silu(h[0]) * h[1]
-        else:  # geglu
-            h = jax.nn.gelu(h[0]) * h[1]
+        h = jnp.einsum("btd,dnf->btnf", x, _cast(self.wi, self.cfg))  # [B, T, n, F]: no transposed copy
+        # Rematerialised: the backward pass keeps only the activation's input and recomputes the
+        # rest (as torch's fused GELU does), instead of saving every intermediate of the tanh
+        # formula -- under the layer scan, three more [L, B, T, F] stacks (experiments/results/bench.md).
+        h = jax.checkpoint(_activation, static_argnums=(0,))(self.cfg.activation, h)
         return jnp.einsum("btf,fd->btd", h, _cast(self.wo, self.cfg))
+
+
+def _activation(act: str, h: Array) -> Array:
+    """[B, T, n, F] -> [B, T, F]: GELU / ReLU of slot 0, or slot 0 gated by slot 1."""
+    if act == "gelu":
+        return jax.nn.gelu(h[..., 0, :])
+    if act == "relu":
+        return jax.nn.relu(h[..., 0, :])
+    if act == "swiglu":
+        return jax.nn.silu(h[..., 0, :]) * h[..., 1, :]
+    return jax.nn.gelu(h[..., 0, :]) * h[..., 1, :]  # geglu
 
 
 class Block(nnx.Module):

@@ -117,6 +117,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ jsonl
+def read_summary(run_dir: str | Path) -> dict:
+    """A run directory's ``summary.json`` ({} when absent); opens nothing for writing."""
+    path = Path(run_dir) / JsonlTracker.SUMMARY
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class JsonlTracker(_TrackerBase):
     """``run_dir/metrics.jsonl`` + ``run_dir/summary.json``.
 
@@ -171,7 +177,7 @@ class JsonlTracker(_TrackerBase):
             self._f = open(self.metrics_path, "a")
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
+        return read_summary(self.run_dir)
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         merged = self.read_summary()

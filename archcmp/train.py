@@ -60,7 +60,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     from archcmp.optim import make_optimizer, schedule
     from archcmp.run_config import ConfigError, parse
     from archcmp.steps import make_eval_step, make_train_step, run_eval, split_microbatches
-    from archcmp.track import JsonlTracker, NullTracker, make_tracker, to_jsonable
+    from archcmp.track import JsonlTracker, NullTracker, make_tracker, read_summary, to_jsonable
     from archcmp import hosts
     from archcmp.sharding import make_placement
 
@@ -68,7 +68,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     s, shape = parse(cfg)
     ts = s.train
-    previous = JsonlTracker(run_dir, record_status=False).read_summary()
+    previous = read_summary(run_dir)
     if ts.skip_complete and previous.get("status") == "complete":
         return {**previous, "skipped": True}
     # Devices and processes (XLA flags, jax.distributed, mesh): checked before anything compiles.

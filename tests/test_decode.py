@@ -120,7 +120,7 @@ def test_wider_beam_beats_greedy_and_uncached_beam_agrees():
     np.testing.assert_array_equal(np.asarray(uncached), np.asarray(tokens))
 
 
-@pytest.mark.parametrize("opts", [dict(temperature=1e-6), dict(top_k=1), dict(top_p=1e-6)])
+@pytest.mark.parametrize("opts", [dict(temperature=0.0), dict(temperature=1e-6), dict(top_k=1), dict(top_p=1e-6)])
 def test_degenerate_sampling_is_greedy(decoder, greedy_ref, opts):
     got = generate(decoder, PROMPTS, DecodeConfig(strategy="sample", max_new_tokens=N, **opts), jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(got), greedy_ref)

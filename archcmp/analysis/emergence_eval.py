@@ -19,6 +19,7 @@ For a checkpoint of a run (``evaluate_run``):
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,6 @@ def teacher_forced(model, probes: ProbeSet, chunk: int = 256) -> dict[str, np.nd
     -> ``logp`` [N, L] log p(correct token), ``probs`` [N, L, V] full distributions (zeros past
     an example's length), ``argmax`` [N, L] the most likely token.
     """
-    import jax
     from flax import nnx
 
     from archcmp.data.formatters import make_formatter
@@ -78,7 +78,7 @@ def teacher_forced(model, probes: ProbeSet, chunk: int = 256) -> dict[str, np.nd
     arch = model.cfg.arch
     fmt = make_formatter(arch, probes.seq_len, probes.seq_len if arch == "encdec" else None)
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda st, b: jax.nn.softmax(nnx.merge(graphdef, st)(b), axis=-1))
+    forward = _softmax_forward(graphdef)
     N, L, V = len(probes.examples), probes.max_target, model.cfg.vocab_size
     probs = np.zeros((N, L, V), np.float64)
     for start in range(0, N, chunk):
@@ -95,6 +95,15 @@ def teacher_forced(model, probes: ProbeSet, chunk: int = 256) -> dict[str, np.nd
     with np.errstate(divide="ignore"):
         logp = np.where(valid, np.log(p_y), 0.0)
     return {"logp": logp, "probs": probs, "argmax": probs.argmax(-1)}
+
+
+@functools.lru_cache(maxsize=8)
+def _softmax_forward(graphdef):
+    """Jitted ``(state, batch) -> probabilities [B, T, V]``, compiled once per model graph."""
+    import jax
+    from flax import nnx
+
+    return jax.jit(lambda st, b: jax.nn.softmax(nnx.merge(graphdef, st)(b), axis=-1))
 
 
 def decode_answers(model, probes: ProbeSet, dcfg, rng_seed: int = 0) -> np.ndarray:
