@@ -32,10 +32,10 @@ for over half the sizes); if p saturates near 1 inside the sweep, p^L is itself 
 sigmoid and the two B values are similar (see tests).
 
 ``linearity``: BIG-bench also defines a "linearity" score in its appendix on linearity and
-breakthroughness. I do NOT remember its exact formula with confidence and could not retrieve
-the appendix text while writing this, so this module does not claim to implement it. Instead it
-offers two documented indices, both "higher = closer to steady, straight-line improvement
-in log scale":
+breakthroughness (appendix B). Its exact formula could not be retrieved here (the stored copies of
+the paper, the BIG-bench repository and their secondary sources that we searched hold no text of
+that appendix), so this module does not claim to implement it. It offers two documented stand-in
+indices instead, both "higher = closer to steady, straight-line improvement in log scale":
 
 * ``method="r2"`` (default): R^2 of an ordinary least-squares fit of y on log10(scale)
   (on the index 0..n-1 when no scale is given, i.e. assuming log-spaced sizes). 1 for a
