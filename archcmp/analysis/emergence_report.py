@@ -161,16 +161,22 @@ def plot_steps(long_df: pd.DataFrame, out: Path, metrics=("exact_match", "token_
     archs = ep._archs(long_df["arch"])
     fig = Figure(figsize=(3.4 * len(archs), 2.8 * len(metrics)), layout="constrained")
     axes = np.asarray(fig.subplots(len(metrics), len(archs), squeeze=False))
-    sizes = sorted(long_df["params"].unique())
+    # One colour per size name (the same in every panel), dark to light in order of parameters;
+    # parameter counts differ slightly between architectures of one size, so key on the name.
+    sizes = list(long_df.groupby("size")["params"].median().sort_values().index)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    colors = {size: cmap(k / max(len(sizes) - 1, 1) * 0.9) for k, size in enumerate(sizes)}
     for i, metric in enumerate(metrics):
         for j, arch in enumerate(archs):
             ax = axes[i, j]
-            for k, params in enumerate(sizes):
-                g = long_df[(long_df["arch"] == arch) & (long_df["metric"] == metric) & (long_df["params"] == params)]
+            for size in sizes:
+                g = long_df[(long_df["arch"] == arch) & (long_df["metric"] == metric) & (long_df["size"] == size)]
                 if g.empty:
                     continue
                 g = g.sort_values("step")
-                ax.plot(g["step"], g["mean"], "o-", ms=2, color=f"C{k % 10}", label=str(g["size"].iloc[0]))
+                ax.plot(g["step"], g["mean"], "o-", ms=2, color=colors[size], label=str(size))
             ax.set_title(f"{arch}: {metric}", fontsize=9)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
