@@ -11,6 +11,8 @@ is a median over the rounds. Sections (``--sections``):
            from :mod:`archcmp.accounting` over the measured matmul peak)
   compile  lower + XLA compile time of the training step at 2/12/24 layers, scan on and off
   decode   greedy decoding of 256 new tokens with and without the KV cache
+  ensemble k=8 ~100k-parameter models in one vmapped step (``train.num_seeds``) vs the same 8 one
+           after another, at 4 and 32 rows per model (:mod:`archcmp.bench_ensemble`)
 
 The torch columns need the optional extra (``pip install -e ".[bench]"``); without it they
 read "not installed" and everything else still runs.
@@ -45,7 +47,7 @@ from archcmp.run_config import OptimSettings
 from archcmp.steps import make_train_step, split_microbatches
 
 ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
-SECTIONS = ("mfu", "train", "compile", "decode")
+SECTIONS = ("mfu", "train", "compile", "decode", "ensemble")
 INSTALL_HINT = 'pip install -e ".[bench]"  (torch==2.13.0 CPU build + transformers)'
 NOTES_MARKER = "<!-- notes: archcmp-bench keeps everything below this line when it rewrites the file -->"
 
@@ -58,6 +60,9 @@ SHAPES: dict[str, tuple[dict, dict]] = {
             dict(d_model=384, n_enc_layers=5, n_dec_layers=5, n_heads=6, d_ff=1152)),
     "tiny": (dict(d_model=32, n_layers=2, n_heads=2, d_ff=64),
              dict(d_model=32, n_enc_layers=1, n_dec_layers=1, n_heads=2, d_ff=48)),
+    # conf/size/nano.yaml: ~100k parameters with a 1024-token vocabulary (the ensemble section)
+    "nano": (dict(d_model=48, n_layers=2, n_heads=4, d_ff=192),
+             dict(d_model=48, n_enc_layers=1, n_dec_layers=1, n_heads=4, d_ff=144)),
 }
 # Each architecture in the style of the HF model it is compared with.
 STYLE = {
@@ -94,6 +99,13 @@ class Plan:
     decode_rounds: int = 2
     matmul_sizes: list[int] = field(default_factory=lambda: [2048, 4096])
     matmul_reps: int = 5
+    ensemble_archs: list[str] = field(default_factory=lambda: ["decoder", "encdec"])
+    ensemble_k: int = 8
+    ensemble_size: str = "nano"
+    ensemble_batches: list[int] = field(default_factory=lambda: [4, 32])  # rows per model and step; 32: conf default
+    ensemble_seq: int = 32
+    ensemble_rounds: int = 5
+    ensemble_steps: int = 5
     torch: bool = True
     quick: bool = False
 
@@ -748,6 +760,10 @@ def write_report(path: Path | None, plan: Plan, results: dict, torch_info: str, 
                 "generates all of them), alternating cached / uncached, compile excluded. Uncached recomputes the "
                 "whole fixed-size buffer each step. Target: cached ≥ 5× uncached.", "",
                 *decode_table(results["decode"]), ""]
+    if "ensemble" in results:
+        from archcmp.bench_ensemble import report
+
+        doc += report(results["ensemble"], plan)
     text = "\n".join(doc)
     if path is None:
         return text
@@ -777,11 +793,15 @@ def build_plan(args: argparse.Namespace) -> Plan:
         plan.decode_rounds = 1
         plan.warmup = 1
         plan.matmul_sizes, plan.matmul_reps = [256], 2
+        plan.ensemble_size, plan.ensemble_batches, plan.ensemble_rounds, plan.ensemble_steps = "tiny", [2], 2, 1
     if args.rounds:
         plan.rounds = {s: args.rounds for s in SHAPES}
     if args.compile_layers:
         plan.compile_layers = args.compile_layers
     plan.compile_archs = args.compile_archs or [a for a in ("decoder", "encdec") if a in plan.archs] or plan.archs[:1]
+    plan.ensemble_archs = [a for a in plan.ensemble_archs if a in plan.archs] or plan.archs[:1]
+    if args.ensemble_k:
+        plan.ensemble_k = args.ensemble_k
     return plan
 
 
@@ -816,6 +836,10 @@ def run(plan: Plan, out: Path | None, command: str = "archcmp-bench") -> dict[st
         results["compile"] = compile_section(plan, warm="train" in plan.sections)
     if "decode" in plan.sections:
         results["decode"] = decode_section(plan, rss)
+    if "ensemble" in plan.sections:
+        from archcmp.bench_ensemble import ensemble_section
+
+        results["ensemble"] = ensemble_section(plan, rss)
     results["wall"] = time.perf_counter() - t_start
     results["load_after"] = os.getloadavg()
     text = write_report(out, plan, results, torch_info, command)
@@ -844,6 +868,7 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compile-archs", nargs="+", choices=ARCHS,
                    help="archs for the compile section (default: decoder and encdec of --archs; encoder and "
                         "prefix_lm compile the same stack as decoder with another mask)")
+    p.add_argument("--ensemble-k", type=int, help="models in the ensemble section (default 8)")
     args = p.parse_args(argv)
     plan = build_plan(args)
     command = "archcmp-bench" + ("" if not (sys.argv[1:] if argv is None else argv)

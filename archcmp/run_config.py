@@ -154,8 +154,6 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
     if len(budgets) > 1:
         raise ConfigError(f"train.tokens_per_param={budgets['tokens_per_param']!r} and train.flops={budgets['flops']!r}: "
                           "set at most one budget")
-    if train.num_seeds != 1:
-        raise ConfigError(f"train.num_seeds={train.num_seeds}: training several seeds in one program is not available yet")
     if cfg["train"].get("eval_train_examples") is not None:  # optional: older run configs lack it
         budgets["eval_train_examples"] = _pos_int(cfg, f"{t}.eval_train_examples", True)
     train = dataclasses.replace(train, **budgets)
@@ -184,4 +182,13 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
         run_name=str(cfg.get("run_name", "run")), task=task, train=train, optim=optim, logger=logger,
         model_overrides=dict(cfg.get("model") or {}), reference_shape=dict(shapes.get("decoder", shapes[arch])),
         mesh=parse_mesh(cfg), device=parse_device(cfg), distributed=parse_distributed(cfg))
+    if train.num_seeds > 1:  # k models vmapped on one device (archcmp.ensemble)
+        for axis in ("data", "fsdp", "tensor"):
+            if getattr(settings.mesh, axis) > 1:
+                raise ConfigError(f"train.num_seeds={train.num_seeds}: the members are trained together on one "
+                                  f"device; mesh.{axis}={getattr(settings.mesh, axis)} needs train.num_seeds=1 "
+                                  "(sweep seed= instead)")
+        if settings.distributed.num_processes not in (None, 1) or settings.distributed.initialize is True:
+            raise ConfigError(f"train.num_seeds={train.num_seeds}: the members are trained together in one process; "
+                              "distributed runs need train.num_seeds=1")
     return settings, dict(shapes[arch])

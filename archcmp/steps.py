@@ -27,6 +27,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ac
     accumulation gives the same update as one big batch. A non-finite loss or gradient leaves
     the state unchanged and reports ``finite=False`` (the loop then stops with a clear message).
     """
+    # jit_kwargs: in/out shardings on a device mesh (archcmp.sharding.Placement); none on one device.
+    return jax.jit(train_step_fn(graphdef, tx, accum), donate_argnums=(0,), **(jit_kwargs or {}))
+
+
+def make_stacked_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accum: int) -> Callable:
+    """k models in one program (``train.num_seeds``): the step of :func:`make_train_step` vmapped over
+    a leading member axis of the state, the batch ``[k, A, B/A, ...]`` and the dropout keys ``[k]``."""
+    return jax.jit(jax.vmap(train_step_fn(graphdef, tx, accum)), donate_argnums=(0,))
+
+
+def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accum: int) -> Callable:
+    """The pure (unjitted) training step of one model; see :func:`make_train_step`."""
 
     def micro(params, mb, key):
         def loss_sum(p):
@@ -62,13 +74,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ac
                    "grad_norm": grad_norm, "finite": finite}
         return new, metrics
 
-    # jit_kwargs: in/out shardings on a device mesh (archcmp.sharding.Placement); none on one device.
-    return jax.jit(step, donate_argnums=(0,), **(jit_kwargs or {}))
+    return step
 
 
 def make_eval_step(graphdef: nnx.GraphDef, jit_kwargs: dict | None = None) -> Callable:
     """``eval_step(params, batch) -> sums`` of the yardstick and the objective (see objectives)."""
     return jax.jit(lambda params, batch: eval_sums(nnx.merge(graphdef, params), batch), **(jit_kwargs or {}))
+
+
+def make_stacked_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """``eval_step(params[k, ...], batch) -> sums[k]``: k models scored on the same batch."""
+    return jax.jit(jax.vmap(lambda params, batch: eval_sums(nnx.merge(graphdef, params), batch), in_axes=(0, None)))
 
 
 def run_eval(eval_step: Callable, params: Any, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:

@@ -7,6 +7,7 @@ whose summary says ``complete`` is skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -44,12 +45,17 @@ def _quiet_libraries() -> None:
 
 
 def train(cfg: Any, run_dir: str | Path) -> dict:
-    """Train one run described by the composed config; returns its summary (also on disk)."""
+    """Train one run described by the composed config; returns its summary (also on disk).
+
+    ``train.num_seeds=k > 1`` trains the members seed..seed+k-1 together in one vmapped step
+    (see :mod:`archcmp.ensemble`), each with its own run directory ``run_dir/<member run_name>/``;
+    the result is then the group's summary with the members' summaries under ``"members"``.
+    """
     _quiet_libraries()
     import jax
-    import numpy as np
     from flax import nnx
 
+    from archcmp import ensemble
     from archcmp.accounting import count_params, train_flops_per_row
     from archcmp.checkpoint import Checkpointer
     from archcmp.data import BatchIterator, eval_batches, make_formatter, make_task
@@ -59,7 +65,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     from archcmp.models import build_model
     from archcmp.optim import make_optimizer, schedule
     from archcmp.run_config import ConfigError, parse
-    from archcmp.steps import make_eval_step, make_train_step, run_eval, split_microbatches
+    from archcmp.steps import split_microbatches
     from archcmp.track import JsonlTracker, NullTracker, make_tracker, read_summary, to_jsonable
     from archcmp import hosts
     from archcmp.sharding import make_placement
@@ -67,14 +73,19 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     s, shape = parse(cfg)
-    ts = s.train
-    previous = read_summary(run_dir)
-    if ts.skip_complete and previous.get("status") == "complete":
-        return {**previous, "skipped": True}
+    ts, k = s.train, s.train.num_seeds
+    # The members: this run itself (k=1), or seed+i in run_dir/<its run_name>/ (k>1).
+    member_cfgs = [cfg] if k == 1 else ensemble.member_configs(cfg, s.seed, k)
+    settings = [s] if k == 1 else [parse(c)[0] for c in member_cfgs]
+    dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
+    previous = [read_summary(d) for d in dirs]
+    if ts.skip_complete and all(p.get("status") == "complete" for p in previous):
+        return ensemble.result(s, [{**p, "skipped": True} for p in previous])
     # Devices and processes (XLA flags, jax.distributed, mesh): checked before anything compiles.
     hosts.start(s.device, s.distributed)
     place = make_placement(s.mesh, batch_size=ts.batch_size, grad_accum=ts.grad_accum,
                            eval_batch_size=ts.eval_batch_size)
+    ensemble.check_placement(k, place)
     primary = hosts.is_primary()  # only process 0 writes run records and talks to wandb
 
     # ---- data and model (all validated before anything compiles) ------------------------
@@ -100,16 +111,16 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
         formatter = make_formatter(s.arch, T, S if s.arch == "encdec" else None, **fmt_options)
     except ValueError as err:
         raise ConfigError(f"arch.objective={s.objective!r}: {err}") from None
-    data = BatchIterator(task, "train", s.seed, ts.batch_size, formatter)
     # The yardstick: the same held-out examples for every architecture and seed.
     eval_set, eval_ex = eval_batches(task, "validation", s.arch, T, ts.eval_batch_size, ts.eval_examples,
                                      seed=0, enc_len=S if s.arch == "encdec" else None)
     if not eval_ex:
         raise ConfigError(f"task={s.task.name!r}: no validation example fits task.seq_len={T}")
+    packing = task.pack_by_default
     obj_set = []
     rest = eval_ex
     while rest:  # the objective's own layout on the same held-out examples
-        rows, used = pack_rows(rest, ts.eval_batch_size, T, data.packing)
+        rows, used = pack_rows(rest, ts.eval_batch_size, T, packing)
         obj_set.append(formatter(rows, ts.eval_batch_size, batch_rng(0, len(obj_set)) if formatter.needs_rng else None))
         rest = rest[used:]
     target_chars = sum(len(task.tokenizer.decode(ex.targets[ex.targets >= vocab.N_SPECIAL])) for ex in eval_ex)
@@ -117,97 +128,108 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     train_probe = eval_batches(task, "train", s.arch, T, ts.eval_batch_size, ts.eval_train_examples, seed=0,
                                enc_len=S if s.arch == "encdec" else None)[0] if ts.eval_train_examples else []
 
-    model = build_model(model_cfg, s.seed)
-    graphdef, params = nnx.split(model)
     n_params = count_params(model_cfg)
     flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, S if s.arch == "encdec" else 0)
     ref_params = count_params(s.model_config(task.tokenizer.vocab_size, s.reference_shape)).total
-    probe = BatchIterator(task, "train", s.seed, ts.batch_size, formatter)
-    total_steps = budget_steps(ts, ref_params, flops_per_step, probe)
+    total_steps = ensemble.check_budgets(k, [
+        budget_steps(ts, ref_params, flops_per_step, BatchIterator(task, "train", m.seed, ts.batch_size, formatter))
+        for m in settings])
     tx = make_optimizer(s.optim, total_steps)
     lr_at = schedule(s.optim, total_steps)
-    state = place.put({"params": params, "opt_state": tx.init(params)})  # sharded on a mesh
+    states = []
+    for m in settings:  # every member initialised exactly as its own num_seeds=1 run would be
+        graphdef, params = nnx.split(build_model(model_cfg, m.seed))
+        states.append(place.put({"params": params, "opt_state": tx.init(params)}))  # sharded on a mesh
+    if k > 1 and primary:
+        ensemble.write_group_record(run_dir, s, [d.name for d in dirs], member_cfgs)
 
     # ---- resume -------------------------------------------------------------------------
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=ts.keep_checkpoints)
-    step, counters, resumed_from = 0, {"train_tokens": 0, "train_seconds": 0.0, "best_eval_loss": math.inf}, None
-    if ts.resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(target=state)
-        data.restore(meta["data"])
-        step, counters, resumed_from = int(meta["step"]), dict(meta["counters"]), int(meta["step"])
-    tracker = NullTracker() if not primary else make_tracker(
-        s.logger.get("kind", "jsonl"), run_dir, resume_step=step,
-        **({} if s.logger.get("kind") != "wandb" else dict(
-            project=s.logger.get("project", "archcmp"), entity=s.logger.get("entity"),
-            mode=s.logger.get("mode", "offline"), name=s.run_name, group=s.experiment,
-            tags=[s.arch, s.size, s.task.name], config=to_jsonable(_plain(cfg)), job_type="train")))
+    # k>1: keep two checkpoints at least, so a kill between the members' saves leaves a common step.
+    keep = ts.keep_checkpoints if k == 1 else max(ts.keep_checkpoints, 2)
+    members = [_Member(m, d, BatchIterator(task, "train", m.seed, ts.batch_size, formatter),
+                       Checkpointer(d / "checkpoints", keep=keep)) for m, d in zip(settings, dirs)]
+    step, resume_at = 0, ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
+    if resume_at is not None:
+        for i, mem in enumerate(members):
+            states[i], meta = mem.ckpt.restore(step=None if k == 1 else resume_at, target=states[i])
+            mem.data.restore(meta["data"])
+            step, mem.counters, mem.resumed_from = int(meta["step"]), dict(meta["counters"]), int(meta["step"])
+    engine = ensemble.make_engine(k, graphdef, tx, ts.grad_accum, place, states[0])
+    state = engine.combine(states)  # k>1: stacked on a leading member axis
+    del states
+    for i, (mem, mcfg) in enumerate(zip(members, member_cfgs)):
+        m = mem.s
+        mem.tracker = NullTracker() if not primary else make_tracker(
+            m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step,
+            **({} if m.logger.get("kind") != "wandb" else dict(
+                project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
+                mode=m.logger.get("mode", "offline"), name=m.run_name, group=m.experiment,
+                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train")))
+        mem.base_key = jax.random.key(m.seed) if model_cfg.dropout > 0 else None
+        mem.summary = {
+            "arch": m.arch, "size": m.size, "task": m.task.name, "objective": m.objective, "seed": m.seed,
+            "experiment": m.experiment, "run_name": m.run_name, "steps": total_steps, "batch_size": ts.batch_size,
+            "seq_len": T, "params_total": n_params.total, "params_nonembedding": n_params.nonembedding,
+            "model": model_cfg.to_dict(), "resumed_from": mem.resumed_from, "status": "running", **place.describe()}
+        if k > 1:
+            mem.summary["ensemble"] = {"num_seeds": k, "member": i,
+                                       "seeds": [x.seed for x in settings], "group_dir": str(run_dir)}
 
-    train_step = place.wrap_train(make_train_step(graphdef, tx, ts.grad_accum, place.train_jit_kwargs(state)))
-    eval_step = place.wrap_eval(make_eval_step(graphdef, place.eval_jit_kwargs(state["params"])))
-    base_key = jax.random.key(s.seed) if model_cfg.dropout > 0 else None
-    summary: dict[str, Any] = {
-        "arch": s.arch, "size": s.size, "task": s.task.name, "objective": s.objective, "seed": s.seed,
-        "experiment": s.experiment, "run_name": s.run_name, "steps": total_steps, "batch_size": ts.batch_size,
-        "seq_len": T, "params_total": n_params.total, "params_nonembedding": n_params.nonembedding,
-        "model": model_cfg.to_dict(), "resumed_from": resumed_from, "status": "running", **place.describe()}
-
-    def evaluate() -> dict[str, float]:
-        ev = run_eval(eval_step, state["params"], eval_set)
-        ob = run_eval(eval_step, state["params"], obj_set)
-        w = max(ev["eval_weight_sum"], 1.0)
-        out = {"eval_loss": ev["eval_loss_sum"] / w, "eval_accuracy": ev["eval_correct_sum"] / w,
-               "eval_bpc": ev["eval_loss_sum"] / math.log(2) / max(target_chars, 1),
-               "eval_objective_loss": ob["obj_loss_sum"] / max(ob["obj_weight_sum"], 1.0),
-               "eval_exact_match": ev["eval_exact_sum"] / max(ev["eval_answer_count"], 1.0)}
-        if train_probe:
-            tr = run_eval(eval_step, state["params"], train_probe)
-            out.update(train_exact_match=tr["eval_exact_sum"] / max(tr["eval_answer_count"], 1.0),
-                       train_eval_loss=tr["eval_loss_sum"] / max(tr["eval_weight_sum"], 1.0))
-        counters["best_eval_loss"] = min(counters["best_eval_loss"], out["eval_loss"])
-        return out
+    def evaluate() -> None:
+        ev, ob = engine.sums(state["params"], eval_set), engine.sums(state["params"], obj_set)
+        tr = engine.sums(state["params"], train_probe) if train_probe else [None] * k
+        for mem, e, o, t in zip(members, ev, ob, tr):
+            mem.last_eval = _eval_metrics(e, o, t, target_chars)
+            mem.counters["best_eval_loss"] = min(mem.counters["best_eval_loss"], mem.last_eval["eval_loss"])
 
     def save() -> None:
-        meta = {"step": step, "data": data.state(), "counters": counters}
-        ckpt.save(step, state, meta, force=True)
+        for i, mem in enumerate(members):
+            meta = {"step": step, "data": mem.data.state(), "counters": mem.counters}
+            mem.ckpt.save(step, engine.member(state, i), meta, force=True)
 
-    status, error, last_eval = "failed", None, {}
+    status, error = "failed", None
     pbar = _progress(ts, total_steps, step)
     t_start = time.perf_counter()
-    steady_tokens, steady_time = 0, 0.0
     try:
-        with tracker:
+        with contextlib.ExitStack() as trackers:
+            for mem in members:
+                trackers.enter_context(mem.tracker)
             while step < total_steps:
                 t0 = time.perf_counter()
-                batch = next(data)
-                tokens = sum(int(ex.inputs.size + ex.targets.size) for ex in data.last_examples)
-                key = None if base_key is None else jax.random.fold_in(base_key, step)
-                state, m = train_step(state, split_microbatches(batch, ts.grad_accum), key)
-                m = jax.device_get(m)
-                if not bool(m["finite"]):
-                    raise FloatingPointError(
-                        f"non-finite loss or gradient at step {step + 1} (loss={float(m['train_loss'])}); "
-                        f"the last good checkpoint is step {ckpt.latest_step()}: lower optimizer.lr or "
-                        "raise optimizer.warmup_steps")
+                batches = [split_microbatches(next(mem.data), ts.grad_accum) for mem in members]
+                tokens = [sum(int(ex.inputs.size + ex.targets.size) for ex in mem.data.last_examples)
+                          for mem in members]
+                keys = [None if mem.base_key is None else jax.random.fold_in(mem.base_key, step) for mem in members]
+                state, ms = engine.step(state, batches, keys)
+                for mem, m in zip(members, ms):
+                    if not bool(m["finite"]):
+                        raise FloatingPointError(
+                            f"non-finite loss or gradient at step {step + 1} (loss={float(m['train_loss'])}"
+                            f"{'' if k == 1 else ', member ' + mem.s.run_name}); the last good checkpoint is step "
+                            f"{mem.ckpt.latest_step()}: lower optimizer.lr or raise optimizer.warmup_steps")
                 step += 1
                 dt = time.perf_counter() - t0
-                counters["train_tokens"] += tokens
-                counters["train_seconds"] += dt
-                if step > 1:  # the first step includes compilation
-                    steady_tokens, steady_time = steady_tokens + tokens, steady_time + dt
-                tps = steady_tokens / steady_time if steady_time > 0 else 0.0
-                if step % ts.log_every == 0 or step == total_steps:
-                    tracker.log({"train_loss": float(m["train_loss"]), "train_accuracy": float(m["train_accuracy"]),
-                                 "grad_norm": float(m["grad_norm"]), "lr": float(lr_at(step - 1)),
-                                 "tokens": counters["train_tokens"], "tokens_per_sec": tps}, step)
+                for mem, m, n_tokens in zip(members, ms, tokens):
+                    mem.counters["train_tokens"] += n_tokens
+                    mem.counters["train_seconds"] += dt
+                    if step > 1:  # the first step includes compilation
+                        mem.steady_tokens, mem.steady_time = mem.steady_tokens + n_tokens, mem.steady_time + dt
+                    if step % ts.log_every == 0 or step == total_steps:
+                        mem.tracker.log({"train_loss": float(m["train_loss"]),
+                                         "train_accuracy": float(m["train_accuracy"]),
+                                         "grad_norm": float(m["grad_norm"]), "lr": float(lr_at(step - 1)),
+                                         "tokens": mem.counters["train_tokens"], "tokens_per_sec": mem.tps}, step)
                 if step % ts.eval_every == 0 or step == total_steps:
-                    last_eval = evaluate()
-                    tracker.log(last_eval, step)
+                    evaluate()
+                    for mem in members:
+                        mem.tracker.log(mem.last_eval, step)
                 if ts.checkpoint_every and (step % ts.checkpoint_every == 0 or step == total_steps):
                     save()
                 pbar.update(1)
-                pbar.set_postfix(loss=f"{float(m['train_loss']):.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            if not last_eval:  # resumed after the final step's checkpoint
-                last_eval = evaluate()
+                pbar.set_postfix(loss=f"{float(ms[0]['train_loss']):.3f}", tok_s=f"{members[0].tps:,.0f}",
+                                 refresh=False)
+            if not members[0].last_eval:  # resumed after the final step's checkpoint
+                evaluate()
             status = "complete"
     except BaseException as exc:  # recorded in the summary, then re-raised
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -215,21 +237,53 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
         raise
     finally:
         pbar.close()
-        ckpt.close()
-        summary.update({
-            "status": status, "error": error, "step": step, "train_tokens": counters["train_tokens"],
-            "train_flops": flops_per_step * step,
-            "flops_per_token": flops_per_step * step / max(counters["train_tokens"], 1),
-            "eval_loss": last_eval.get("eval_loss"), "best_eval_loss": counters["best_eval_loss"]
-            if math.isfinite(counters["best_eval_loss"]) else None,
-            "eval_metrics": last_eval, "data_fingerprint": data.fingerprint,
-            "examples_seen": data.examples_seen, "examples_dropped": data.dropped,
-            "tokens_per_sec": steady_tokens / steady_time if steady_time > 0 else None,
-            "wall_seconds": time.perf_counter() - t_start, "train_seconds": counters["train_seconds"]})
-        if primary:
-            JsonlTracker(run_dir, record_status=False).log_summary(to_jsonable(summary))
-            tracker.log_summary(to_jsonable(summary))
-    return summary
+        for mem in members:
+            mem.ckpt.close()
+            c = mem.counters
+            mem.summary.update({
+                "status": status, "error": error, "step": step, "train_tokens": c["train_tokens"],
+                "train_flops": flops_per_step * step, "flops_per_token": flops_per_step * step / max(c["train_tokens"], 1),
+                "eval_loss": mem.last_eval.get("eval_loss"), "best_eval_loss": c["best_eval_loss"]
+                if math.isfinite(c["best_eval_loss"]) else None,
+                "eval_metrics": mem.last_eval, "data_fingerprint": mem.data.fingerprint,
+                "examples_seen": mem.data.examples_seen, "examples_dropped": mem.data.dropped,
+                "tokens_per_sec": mem.steady_tokens / mem.steady_time if mem.steady_time > 0 else None,
+                "wall_seconds": time.perf_counter() - t_start, "train_seconds": c["train_seconds"]})
+            if primary:
+                JsonlTracker(mem.run_dir, record_status=False).log_summary(to_jsonable(mem.summary))
+                mem.tracker.log_summary(to_jsonable(mem.summary))
+    return ensemble.result(s, [mem.summary for mem in members])
+
+
+class _Member:
+    """One model's run record: settings (its seed), directory, data order, checkpoints, tracker."""
+
+    def __init__(self, s: Any, run_dir: Path, data: Any, ckpt: Any):
+        self.s, self.run_dir, self.data, self.ckpt = s, run_dir, data, ckpt
+        self.counters = {"train_tokens": 0, "train_seconds": 0.0, "best_eval_loss": math.inf}
+        self.resumed_from: int | None = None
+        self.tracker: Any = None
+        self.base_key: Any = None
+        self.summary: dict[str, Any] = {}
+        self.last_eval: dict[str, float] = {}
+        self.steady_tokens, self.steady_time = 0, 0.0
+
+    @property
+    def tps(self) -> float:
+        return self.steady_tokens / self.steady_time if self.steady_time > 0 else 0.0
+
+
+def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
+    """Means of the evaluation sums (:func:`archcmp.steps.run_eval`) of one model."""
+    w = max(ev["eval_weight_sum"], 1.0)
+    out = {"eval_loss": ev["eval_loss_sum"] / w, "eval_accuracy": ev["eval_correct_sum"] / w,
+           "eval_bpc": ev["eval_loss_sum"] / math.log(2) / max(target_chars, 1),
+           "eval_objective_loss": ob["obj_loss_sum"] / max(ob["obj_weight_sum"], 1.0),
+           "eval_exact_match": ev["eval_exact_sum"] / max(ev["eval_answer_count"], 1.0)}
+    if tr is not None:
+        out.update(train_exact_match=tr["eval_exact_sum"] / max(tr["eval_answer_count"], 1.0),
+                   train_eval_loss=tr["eval_loss_sum"] / max(tr["eval_weight_sum"], 1.0))
+    return out
 
 
 def budget_steps(ts, ref_params: int, flops_per_step: int, probe) -> int:
@@ -295,14 +349,16 @@ def _record_failure(run_dir: str, err: BaseException) -> None:
     from archcmp.hosts import is_primary
     from archcmp.track import JsonlTracker
 
+    from archcmp.ensemble import member_dirs
+
     if not is_primary():  # multi-process: process 0 records it
         return
-
-    tracker = JsonlTracker(run_dir, record_status=False)
-    summary = tracker.read_summary()
-    if summary.get("status") in (None, "running"):
-        tracker.log_summary({**summary, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                             "run_name": Path(run_dir).name})
+    for d in member_dirs(run_dir):  # the run itself, or the members of a train.num_seeds=k group
+        tracker = JsonlTracker(d, record_status=False)
+        summary = tracker.read_summary()
+        if summary.get("status") in (None, "running"):
+            tracker.log_summary({**summary, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                                 "run_name": d.name})
 
 
 def _hydra_task(cfg) -> None:
@@ -331,9 +387,10 @@ def _hydra_task(cfg) -> None:
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     finally:
         _release_cpu_threads()
-    word = "skipped (already complete)" if summary.get("skipped") else summary["status"]
-    print(f"[{summary['run_name']}] {word}: eval_loss={summary.get('eval_loss')} "
-          f"params={summary['params_total']:,} fingerprint={summary['data_fingerprint'][:12]}")
+    for member in summary.get("members", [summary]):  # train.num_seeds=k: one line per member
+        word = "skipped (already complete)" if member.get("skipped") else member["status"]
+        print(f"[{member['run_name']}] {word}: eval_loss={member.get('eval_loss')} "
+              f"params={member['params_total']:,} fingerprint={member['data_fingerprint'][:12]}")
 
 
 def main() -> None:

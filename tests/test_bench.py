@@ -83,7 +83,7 @@ def bench_args(argv):
 
     ns = argparse.Namespace(quick="--quick" in argv, archs=list(bench.ARCHS), sizes=None,
                             sections=list(bench.SECTIONS), no_torch=True, rounds=None, compile_layers=None,
-                            compile_archs=None)
+                            compile_archs=None, ensemble_k=None)
     return ns
 
 
@@ -115,3 +115,18 @@ def test_quick_decode_section(tmp_path):
     assert cells[8] == "yes"  # cached and uncached greedy decoding agree token for token
     (row,) = results["decode"]
     assert row["cached"]["steps"] == row["uncached"]["steps"] == 8
+
+
+def test_quick_ensemble_section(tmp_path):
+    out = tmp_path / "bench.md"
+    results = bench.run_cli(["--quick", "--no-torch", "--archs", "decoder", "--sections", "ensemble",
+                             "--ensemble-k", "4", "--out", str(out)])
+    (cells,) = table_rows(out.read_text(), "k models in one vmapped step", ("decoder", "tiny"))
+    # | arch | size | params per model | k | batch × seq | vmapped | sequential | ratio | compile | loss diff |
+    assert int(cells[3]) == 4
+    vmapped, sequential, ratio = number(cells[5]), number(cells[6]), number(cells[7])
+    assert vmapped > 0 and sequential > 0 and ratio == pytest.approx(vmapped / sequential, rel=0.02)
+    assert float(cells[9]) < 1e-5  # same steps from the same states: the same losses, up to batched rounding
+    (row,) = results["ensemble"]
+    assert row["tokens_per_step"] == 4 * row["batch"] * row["seq"]
+    assert row["params_per_model"] == number(cells[2])
