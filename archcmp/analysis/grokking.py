@@ -11,6 +11,9 @@ solid = weight decay on, dashed = off) plus ``grokking_loss.png`` (train vs vali
 Per run the table gives the first step at which train (validation) exact match reaches
 ``--threshold`` (default 0.95), their ratio (the delay of generalisation after memorisation:
 grokking in the sense of Power et al. 2022 is a large ratio) and the final accuracies.
+``generalised``: validation reached the threshold at all; ``grokked``: it did so at least
+``--grok-delay`` (default 2) times later than training did -- reaching it together is ordinary
+learning, not grokking.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
     p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/grokking)")
     p.add_argument("--threshold", type=float, default=0.95, help="accuracy that counts as reached (default 0.95)")
+    p.add_argument("--grok-delay", type=float, default=2.0,
+                   help="val/train step ratio from which generalisation counts as delayed (default 2)")
     p.add_argument("--linear-x", action="store_true", help="linear step axis (default log)")
     p.add_argument("--wandb", action="store_true", help="log the table and figures to Weights & Biases")
     p.add_argument("--wandb-project", default="archcmp")
@@ -68,16 +73,18 @@ def first_step(steps: np.ndarray, acc: np.ndarray, threshold: float) -> float:
     return float(steps[hit[0]]) if hit.size else np.nan
 
 
-def summarize(curves: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def summarize(curves: pd.DataFrame, threshold: float, grok_delay: float = 2.0) -> pd.DataFrame:
     rows = []
     for (run, arch, wd), g in curves.groupby(["run", "arch", "weight_decay"], sort=False):
         s, tr, va = g["step"].to_numpy(), g["train_acc"].to_numpy(), g["val_acc"].to_numpy()
         t_train, t_val = first_step(s, tr, threshold), first_step(s, va, threshold)
+        delay = t_val / t_train if np.isfinite(t_val) and np.isfinite(t_train) else np.nan
         rows.append({"run": run, "arch": arch, "weight_decay": wd, "steps": int(s.max()),
                      "train_reached_at": t_train, "val_reached_at": t_val,
-                     "delay_ratio": t_val / t_train if np.isfinite(t_val) and np.isfinite(t_train) else np.nan,
+                     "delay_ratio": delay,
                      "final_train_acc": float(tr[-1]), "final_val_acc": float(va[-1]), "max_val_acc": float(va.max()),
-                     "grokked": bool(np.isfinite(t_val))})
+                     "generalised": bool(np.isfinite(t_val)),
+                     "grokked": bool(np.isfinite(delay) and delay >= grok_delay)})
     t = pd.DataFrame(rows)
     order = {a: i for i, a in enumerate(ARCH_ORDER)}
     return t.assign(_o=t["arch"].map(order)).sort_values(["_o", "weight_decay"], ascending=[True, False]).drop(
@@ -114,6 +121,9 @@ def run_cli(argv: list[str]) -> int:
     if not 0 < args.threshold <= 1:
         print(f"grokking: error: --threshold={args.threshold}: must be in (0, 1]", file=sys.stderr)
         return 2
+    if not args.grok_delay >= 1:
+        print(f"grokking: error: --grok-delay={args.grok_delay}: must be >= 1", file=sys.stderr)
+        return 2
     try:
         run_dirs = locate_runs(args.paths)
     except FileNotFoundError as err:
@@ -126,14 +136,15 @@ def run_cli(argv: list[str]) -> int:
     out = args.out or (args.paths[0] / "analysis" / "grokking")
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
-    table = summarize(curves, args.threshold)
+    table = summarize(curves, args.threshold, args.grok_delay)
     (out / "summary.json").write_text(json.dumps(json.loads(table.to_json(orient="records")), indent=1))
     plot_grokking(curves, out=out / "grokking.png", logx=not args.linear_x,
                   title=f"exact match on training vs held-out pairs (solid: weight decay on, dashed: off)")
     plot_losses(curves, out / "grokking_loss.png", logx=not args.linear_x)
     text = ["# Grokking", "", f"Command: `archcmp-analyze grokking {' '.join(map(str, argv))}`  ",
             f"`train_reached_at` / `val_reached_at`: first evaluation step with exact match ≥ {args.threshold} on the "
-            "training / held-out pairs (blank: never); `delay_ratio` = their ratio.", "",
+            "training / held-out pairs (blank: never); `delay_ratio` = their ratio; `grokked` = "
+            f"validation reached it at least {args.grok_delay}× later than training.", "",
             markdown_table(table.drop(columns="run"), index=False, floatfmt=".4g"), ""]
     (out / "table.md").write_text("\n".join(text))
     if args.wandb:
