@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -83,6 +84,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.keep = keep
         self.every_steps = int(every_steps)
+        self._remove_partial_saves()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -90,6 +92,14 @@ class Checkpointer:
             enable_async_checkpointing=False,
         )
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META))
+
+    def _remove_partial_saves(self) -> None:
+        """Delete ``<step>.orbax-checkpoint-tmp-*`` left by a killed save, now and synchronously
+        (orbax's own ``cleanup_tmp_directories`` runs in the background until the next save)."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------------------ queries
     def all_steps(self) -> list[int]:
