@@ -98,9 +98,6 @@ def write_group_record(run_dir: Path, s: Any, names: list[str], member_cfgs: lis
     stale = run_dir / "summary.json"
     if stale.exists() and read_summary(run_dir).get("status") != "complete":
         stale.unlink()
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and not metrics.stat().st_size:
-            metrics.unlink()
     _atomic_write_json(run_dir / GROUP_FILE, {
         "num_seeds": s.train.num_seeds, "seeds": member_seeds(s.seed, s.train.num_seeds), "members": names,
         "run_name": s.run_name})

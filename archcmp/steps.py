@@ -79,12 +79,16 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accu
 
 def make_eval_step(graphdef: nnx.GraphDef, jit_kwargs: dict | None = None) -> Callable:
     """``eval_step(params, batch) -> sums`` of the yardstick and the objective (see objectives)."""
-    return jax.jit(lambda params, batch: eval_sums(nnx.merge(graphdef, params), batch), **(jit_kwargs or {}))
+    return jax.jit(_eval_fn(graphdef), **(jit_kwargs or {}))
 
 
 def make_stacked_eval_step(graphdef: nnx.GraphDef) -> Callable:
     """``eval_step(params[k, ...], batch) -> sums[k]``: k models scored on the same batch."""
-    return jax.jit(jax.vmap(lambda params, batch: eval_sums(nnx.merge(graphdef, params), batch), in_axes=(0, None)))
+    return jax.jit(jax.vmap(_eval_fn(graphdef), in_axes=(0, None)))
+
+
+def _eval_fn(graphdef: nnx.GraphDef) -> Callable:
+    return lambda params, batch: eval_sums(nnx.merge(graphdef, params), batch)
 
 
 def run_eval(eval_step: Callable, params: Any, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:

@@ -143,7 +143,12 @@ class JsonlTracker(_TrackerBase):
         self.fsync = fsync
         self.record_status = record_status
         self._repair_tail()
-        self._f = open(self.metrics_path, "a")
+        self._f = None  # metrics.jsonl is opened (created) by the first log(), not by reading a summary
+
+    def _metrics_file(self):
+        if self._f is None or self._f.closed:
+            self._f = open(self.metrics_path, "a")
+        return self._f
 
     def _repair_tail(self) -> None:
         """Drop a partial last line left by a killed run so appends stay line-aligned."""
@@ -156,25 +161,25 @@ class JsonlTracker(_TrackerBase):
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         row = {"step": int(step), **{str(k): to_jsonable(v) for k, v in metrics.items() if k != "step"}}
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        f = self._metrics_file()
+        f.write(json.dumps(row) + "\n")
+        f.flush()
         if self.fsync:
-            os.fsync(self._f.fileno())
+            os.fsync(f.fileno())
 
     def truncate_after(self, step: int) -> int:
         """Drop rows with ``step > step`` (resuming from a checkpoint). Returns rows dropped."""
-        self._f.close()
-        try:
-            rows = read_jsonl(self.metrics_path)
-            keep = [r for r in rows if int(r.get("step", -1)) <= step]
-            fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.run_dir)
-            with os.fdopen(fd, "w") as f:
-                for r in keep:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(tmp, self.metrics_path)
-            return len(rows) - len(keep)
-        finally:
-            self._f = open(self.metrics_path, "a")
+        self._close_metrics()
+        if not self.metrics_path.exists():
+            return 0
+        rows = read_jsonl(self.metrics_path)
+        keep = [r for r in rows if int(r.get("step", -1)) <= step]
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.run_dir)
+        with os.fdopen(fd, "w") as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.metrics_path)
+        return len(rows) - len(keep)
 
     def read_summary(self) -> dict:
         return read_summary(self.run_dir)
@@ -198,10 +203,13 @@ class JsonlTracker(_TrackerBase):
             index[str(key)] = str(p.relative_to(root))
         _atomic_write_json(index_path, index)
 
-    def finish(self, status: str = "complete") -> None:
-        if not self._f.closed:
+    def _close_metrics(self) -> None:
+        if self._f is not None and not self._f.closed:
             self._f.flush()
             self._f.close()
+
+    def finish(self, status: str = "complete") -> None:
+        self._close_metrics()
         if self.record_status:
             self.log_summary({"status": status})
 
