@@ -9,6 +9,7 @@ fingerprints, and closes with one line: how many runs completed, resumed, were s
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,19 @@ def fingerprint_warnings(summaries: list[dict]) -> list[str]:
             for k, v in groups.items() if len(v) > 1]
 
 
+CONFIG_ERROR = "ConfigError: "
+
+
+def _is_config_error(summary: dict) -> bool:
+    return str(summary.get("error") or "").startswith(CONFIG_ERROR)
+
+
+def config_error_messages(summaries: list[dict]) -> list[str]:
+    """Distinct bad-config messages of failed runs (a bad override fails every job alike)."""
+    return sorted({str(s["error"])[len(CONFIG_ERROR):] for s in summaries
+                   if s.get("status") == "failed" and _is_config_error(s)})
+
+
 def count_line(summaries: list[dict], skipped: int = 0) -> str:
     done = [s for s in summaries if s.get("status") == "complete"]
     resumed = sum(1 for s in done if s.get("resumed_from"))
@@ -97,3 +111,8 @@ class SweepReport(Callback):
         fresh = [s for s in summaries if s["_dir"] not in getattr(self, "_before", set())]
         print(f"comparison written to {sweep_dir / 'comparison.md'}")
         print(count_line(fresh, skipped))
+        config_errors = config_error_messages(fresh)
+        for msg in config_errors:
+            print(f"archcmp-train: error: {msg}", file=sys.stderr)
+        if fresh and all(s.get("status") == "failed" and _is_config_error(s) for s in fresh):
+            sys.exit(2)  # every job was misconfigured: the sweep itself is, say so in the exit code

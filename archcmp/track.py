@@ -425,6 +425,7 @@ def make_tracker(
     run_dir: str | Path | None,
     *,
     resume_step: int | None = None,
+    record_status: bool = True,
     **wandb_kwargs: Any,
 ) -> Tracker:
     """Build the run's tracker. ``kind`` is ``"none" | "jsonl" | "wandb"``.
@@ -432,6 +433,9 @@ def make_tracker(
     The jsonl tracker is always included when ``run_dir`` is given (``"none"`` only means "no
     external backend"); with ``run_dir=None`` and ``kind="none"`` the result is a pure no-op.
     ``resume_step`` drops metrics rows logged after that step by an earlier attempt.
+    ``record_status=False``: ``finish()`` leaves ``summary.json`` alone (the trainer writes the
+    whole summary, status included, in one atomic write, so no reader ever sees a summary that
+    says ``complete`` without the rest of the record).
     ``wandb_kwargs`` go to :class:`WandbTracker` (``dir`` defaults to ``run_dir``).
     """
     kind = (kind or "none").lower()
@@ -439,7 +443,7 @@ def make_tracker(
         raise ValueError(f"unknown tracker kind {kind!r}; expected none|jsonl|wandb")
     trackers: list[Tracker] = []
     if run_dir is not None:
-        jsonl = JsonlTracker(run_dir)
+        jsonl = JsonlTracker(run_dir, record_status=record_status)
         if resume_step is not None:
             jsonl.truncate_after(resume_step)
         trackers.append(jsonl)

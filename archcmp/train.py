@@ -87,6 +87,9 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                            eval_batch_size=ts.eval_batch_size)
     ensemble.check_placement(k, place)
     primary = hosts.is_primary()  # only process 0 writes run records and talks to wandb
+    if primary:
+        for d, mcfg in zip(dirs, member_cfgs):
+            _write_resolved_config(d, mcfg)
 
     # ---- data and model (all validated before anything compiles) ------------------------
     try:
@@ -160,7 +163,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     for i, (mem, mcfg) in enumerate(zip(members, member_cfgs)):
         m = mem.s
         mem.tracker = NullTracker() if not primary else make_tracker(
-            m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step,
+            m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step, record_status=False,
             **({} if m.logger.get("kind") != "wandb" else dict(
                 project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
                 mode=m.logger.get("mode", "offline"), name=m.run_name, group=m.experiment,
@@ -190,10 +193,11 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     status, error = "failed", None
     pbar = _progress(ts, total_steps, step)
     t_start = time.perf_counter()
-    try:
-        with contextlib.ExitStack() as trackers:
-            for mem in members:
-                trackers.enter_context(mem.tracker)
+    # The trackers close last, after the finished summary (status included) has reached them.
+    with contextlib.ExitStack() as trackers:
+        for mem in members:
+            trackers.enter_context(mem.tracker)
+        try:
             while step < total_steps:
                 t0 = time.perf_counter()
                 batches = [split_microbatches(next(mem.data), ts.grad_accum) for mem in members]
@@ -231,27 +235,27 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
             if not members[0].last_eval:  # resumed after the final step's checkpoint
                 evaluate()
             status = "complete"
-    except BaseException as exc:  # recorded in the summary, then re-raised
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        pbar.close()
-        for mem in members:
-            mem.ckpt.close()
-            c = mem.counters
-            mem.summary.update({
-                "status": status, "error": error, "step": step, "train_tokens": c["train_tokens"],
-                "train_flops": flops_per_step * step, "flops_per_token": flops_per_step * step / max(c["train_tokens"], 1),
-                "eval_loss": mem.last_eval.get("eval_loss"), "best_eval_loss": c["best_eval_loss"]
-                if math.isfinite(c["best_eval_loss"]) else None,
-                "eval_metrics": mem.last_eval, "data_fingerprint": mem.data.fingerprint,
-                "examples_seen": mem.data.examples_seen, "examples_dropped": mem.data.dropped,
-                "tokens_per_sec": mem.steady_tokens / mem.steady_time if mem.steady_time > 0 else None,
-                "wall_seconds": time.perf_counter() - t_start, "train_seconds": c["train_seconds"]})
-            if primary:
-                JsonlTracker(mem.run_dir, record_status=False).log_summary(to_jsonable(mem.summary))
-                mem.tracker.log_summary(to_jsonable(mem.summary))
+        except BaseException as exc:  # recorded in the summary, then re-raised
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            pbar.close()
+            for mem in members:
+                mem.ckpt.close()
+                c = mem.counters
+                mem.summary.update({
+                    "status": status, "error": error, "step": step, "train_tokens": c["train_tokens"],
+                    "train_flops": flops_per_step * step, "flops_per_token": flops_per_step * step / max(c["train_tokens"], 1),
+                    "eval_loss": mem.last_eval.get("eval_loss"), "best_eval_loss": c["best_eval_loss"]
+                    if math.isfinite(c["best_eval_loss"]) else None,
+                    "eval_metrics": mem.last_eval, "data_fingerprint": mem.data.fingerprint,
+                    "examples_seen": mem.data.examples_seen, "examples_dropped": mem.data.dropped,
+                    "tokens_per_sec": mem.steady_tokens / mem.steady_time if mem.steady_time > 0 else None,
+                    "wall_seconds": time.perf_counter() - t_start, "train_seconds": c["train_seconds"]})
+                if primary:
+                    JsonlTracker(mem.run_dir, record_status=False).log_summary(to_jsonable(mem.summary))
+                    mem.tracker.log_summary(to_jsonable(mem.summary))
     return ensemble.result(s, [mem.summary for mem in members])
 
 
@@ -313,6 +317,19 @@ def _plain(cfg: Any) -> Any:
         return OmegaConf.to_container(cfg, resolve=True) if hasattr(cfg, "_get_node") else cfg
     except Exception:  # noqa: BLE001 - a config that cannot be resolved is logged as-is
         return cfg
+
+
+def _write_resolved_config(run_dir: Path, cfg: Any) -> None:
+    """``run_dir/config.yaml``: the run's config with every interpolation filled in (Hydra's own
+    ``.hydra/config.yaml`` keeps them, e.g. ``run_name: ${arch.name}-...``)."""
+    from omegaconf import OmegaConf
+
+    plain = _plain(cfg)
+    plain = {k: v for k, v in dict(plain).items() if k != "hydra"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.yaml.tmp"
+    OmegaConf.save(OmegaConf.create(plain), tmp)
+    os.replace(tmp, run_dir / "config.yaml")
 
 
 def _progress(ts, total: int, initial: int):
@@ -377,7 +394,8 @@ def _hydra_task(cfg) -> None:
     except Exception as err:  # noqa: BLE001 - recorded in summary.json; a sweep goes on
         _record_failure(hc.runtime.output_dir, err)
         if isinstance(err, ConfigError):
-            print(f"archcmp-train: error: {err}", file=sys.stderr)
+            if not multirun:  # a sweep reports each distinct bad-config message once, at its end
+                print(f"archcmp-train: error: {err}", file=sys.stderr)
         else:
             print(f"archcmp-train: run {hc.runtime.output_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
             if os.environ.get("ARCHCMP_TRACEBACK"):
@@ -389,7 +407,7 @@ def _hydra_task(cfg) -> None:
         _release_cpu_threads()
     for member in summary.get("members", [summary]):  # train.num_seeds=k: one line per member
         word = "skipped (already complete)" if member.get("skipped") else member["status"]
-        print(f"[{member['run_name']}] {word}: eval_loss={member.get('eval_loss')} "
+        print(f"[{member.get('run_name', '?')}] {word}: eval_loss={member.get('eval_loss')} "
               f"params={member['params_total']:,} fingerprint={member['data_fingerprint'][:12]}")
 
 

@@ -1,5 +1,7 @@
 """Every YAML composes; the size ladder is parameter-matched; bad values name their key."""
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from archcmp.accounting import count_params
 from archcmp.data import make_task
@@ -31,6 +33,33 @@ def test_experiment_files_only_change_what_they_need():
     assert quick.train.steps != base.train.steps
     assert quick.hydra.sweeper.params.arch == "encoder,decoder,prefix_lm,encdec"
     assert quick.optimizer == base.optimizer  # untouched groups stay the defaults
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiment_file_sets_nothing_to_its_default(experiment):
+    """An experiment file holds only what it changes: no group choice and no value in it equals
+    what the config would be without it (the same group choices applied)."""
+    raw = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
+    groups = {}
+    for entry in raw.pop("defaults", []):
+        (key, choice), = entry.items()
+        groups[key.removeprefix("override /")] = choice
+    base_choices = compose_cfg([], return_hydra_config=True).hydra.runtime.choices
+    for group, choice in groups.items():
+        assert base_choices[group] != choice, f"{experiment}: {group}={choice} is the default"
+    raw.pop("hydra", None)
+    base = OmegaConf.to_container(compose_cfg([f"{g}={c}" for g, c in groups.items()]), resolve=False)
+    base_flat = dict(_flat(base))
+    same = [k for k, v in _flat(raw) if k in base_flat and base_flat[k] == v]
+    assert not same, f"{experiment}: these keys restate the default: {same}"
 
 
 @pytest.mark.parametrize("task", ["addition", "shakespeare_char_vocab"])

@@ -140,3 +140,34 @@ def test_cli_no_runs(tmp_path, capsys):
     assert scaling.run_cli([str(tmp_path / "empty")]) == 1
     assert "no complete runs" in capsys.readouterr().out
     assert scaling.run_cli([str(tmp_path / "missing")]) == 2
+
+
+def _ladder_frame(ratios, E=1.6, A=30.0, B=200.0, a=0.3, b=0.35, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in ratios:
+        for n in (1e5, 3e5, 1e6, 3e6):
+            loss = (E + A * n ** -a + B * (r * n) ** -b) * np.exp(rng.normal(0, 0.002))
+            rows.append(dict(arch="decoder", status="complete", params_total=n, params_nonembedding=n,
+                             train_tokens=r * n, train_flops=6 * n * r * n, flops_per_token=6 * n,
+                             eval_loss=loss))
+    return scaling.prepare(pd.DataFrame(rows))
+
+
+def test_ln_points_uses_the_largest_ladder_ratio_when_the_frontier_is_too_short():
+    d = _ladder_frame([5, 20])
+    n, loss, on = scaling.ln_points(d)
+    assert on == "runs at D/N ≈ 20" and sorted(n) == [1e5, 3e5, 1e6, 3e6]
+    # at a fixed ratio L(N) = E + A N^-a + B r^-b N^-b: loss falls with N, and the fit sees it
+    fit = scaling.sf.fit_power_law(n, loss)
+    assert 0.2 < fit.alpha < 0.45, fit
+
+
+def test_frontier_bootstrap_gives_a_gamma_interval_around_the_point_fit(tmp_path):
+    d = scaling.prepare(load_runs([make_sweep(tmp_path / "sweep", archs=["decoder"])]))
+    res = scaling.fit_arch(d[d["arch"] == "decoder"], "decoder", n_boot=20, starts="coarse")
+    lo, hi = res.lc_ci["alpha"]
+    assert np.isfinite([lo, hi]).all() and lo <= res.lc.alpha <= hi
+    table = scaling.make_table([res], [1e14], params="total")
+    assert "[" in table.loc["gamma (L(C) frontier)", "decoder"]
+    assert table.loc["D_opt @ C=1e+14", "decoder"] != "—"

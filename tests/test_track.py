@@ -73,6 +73,15 @@ def test_make_tracker_kinds_and_context_manager(tmp_path):
     assert read_jsonl(tmp_path / "b" / "metrics.jsonl") == []
 
 
+def test_trainer_tracker_leaves_the_summary_to_the_trainer(tmp_path):
+    # The trainer writes the whole summary in one write; the tracker closing first must not leave
+    # a summary that says "complete" and holds nothing else (a sweep relaunch would skip it).
+    with make_tracker("jsonl", tmp_path, record_status=False) as t:
+        t.log({"x": 1}, step=1)
+    assert not (tmp_path / "summary.json").exists()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "x": 1}]
+
+
 def test_jsonl_log_files(tmp_path):
     outside = tmp_path / "plot.png"
     outside.write_bytes(b"\x89PNG")

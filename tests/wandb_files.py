@@ -45,17 +45,31 @@ def _key(item) -> str:
 
 
 
-def offline_history(run_dir: Path, timeout: float = 30.0) -> dict[int, dict]:
-    """step -> logged values of the single offline wandb run under ``run_dir`` (waits for the
-    run's exit record: wandb-core may flush after the writer process returned)."""
+def _records(run_dir: Path, timeout: float):
+    """Records of the single offline wandb run under ``run_dir`` (waits for the run's exit
+    record: wandb-core may flush after the writer process returned)."""
     files = list(Path(run_dir).rglob("run-*.wandb"))
     assert len(files) == 1, files
     deadline = time.monotonic() + timeout
     while True:
         records = _read_wandb_records(files[0])
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            break
+            return records
         time.sleep(0.1)
+
+
+def offline_summary(run_dir: Path, timeout: float = 30.0) -> dict:
+    """The run summary as the offline run recorded it (later updates win)."""
+    out: dict = {}
+    for r in _records(run_dir, timeout):
+        if r.WhichOneof("record_type") == "summary":
+            out.update({_key(it): json.loads(it.value_json) for it in r.summary.update})
+    return out
+
+
+def offline_history(run_dir: Path, timeout: float = 30.0) -> dict[int, dict]:
+    """step -> logged values of the single offline wandb run under ``run_dir``."""
+    records = _records(run_dir, timeout)
     out: dict[int, dict] = {}
     for r in records:
         if r.WhichOneof("record_type") == "history":

@@ -12,8 +12,10 @@ Per architecture (fitters in :mod:`archcmp.analysis.scaling_fit`):
 * compute-optimal allocation under ``C = k N D`` where ``k`` is that architecture's measured
   ``flops_per_token / N`` (median over its runs): tokens per parameter and the loss reached at a
   few budgets common to all architectures ("equal compute");
-* ``L(N) = E + A N^-alpha_N`` on the compute-frontier runs (see :func:`frontier_runs`), with CI;
-* the ``L(C)`` frontier: lower envelope of eval loss vs ``train_flops``, fitted ``E + A C^-gamma``.
+* ``L(N) = E + A N^-alpha_N`` on the compute-frontier runs, or on a parameter ladder's runs of one
+  tokens-per-parameter ratio (see :func:`ln_points`), with CI;
+* the ``L(C)`` frontier: lower envelope of eval loss vs ``train_flops``, fitted ``E + A C^-gamma``,
+  with a CI from resampling runs (:func:`bootstrap_frontier`).
 
 Outputs (``--out``, default ``<first PATH>/analysis/scaling``): ``table.md``, ``runs.csv``,
 ``loss_vs_N.png``, ``loss_vs_D.png``, ``loss_vs_C.png``, ``isoflops.png``.
@@ -47,7 +49,9 @@ class ArchResult:
     chin_ci: dict = field(default_factory=dict)  # name -> (lo, hi)
     ln: sf.PowerLawFit | None = None
     ln_ci: dict = field(default_factory=dict)
+    ln_on: str = ""  # which runs L(N) was fitted on
     lc: sf.PowerLawFit | None = None
+    lc_ci: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
 
@@ -97,7 +101,7 @@ def fit_arch(d: pd.DataFrame, arch: str, *, n_boot: int = 100, seed: int = 0,
     except (ValueError, RuntimeError) as exc:
         res.notes.append(f"L(N,D) not fitted: {exc}")
     try:
-        fn, fl = frontier_runs(d)
+        fn, fl, res.ln_on = ln_points(d)
         res.ln = sf.fit_power_law(fn, fl)
         if n_boot > 0:
             bs = sf.bootstrap_power_law(fn, fl, n=n_boot, seed=seed, point=res.ln)
@@ -107,6 +111,9 @@ def fit_arch(d: pd.DataFrame, arch: str, *, n_boot: int = 100, seed: int = 0,
     try:
         fc, fl = frontier(d)
         res.lc = sf.fit_power_law(fc, fl)
+        if n_boot > 0:
+            bs = bootstrap_frontier(d, n=n_boot, seed=seed, point=res.lc)
+            res.lc_ci = dict(zip(("E", "A", "alpha"), sf.percentile_ci(bs, level, max(2, n_boot // 2)).T))
     except (ValueError, RuntimeError) as exc:
         res.notes.append(f"L(C) not fitted: {exc}")
     for n in res.notes:
@@ -133,6 +140,39 @@ def frontier_runs(d: pd.DataFrame):
     fc, fl = frontier(d)
     on = d[np.isin(d["C"].to_numpy(float), fc) & np.isin(d["eval_loss"].to_numpy(float), fl)]
     return on["N"].to_numpy(float), on["eval_loss"].to_numpy(float)
+
+
+def ln_points(d: pd.DataFrame):
+    """(N, eval_loss, description) for the L(N) fit.
+
+    A parameter ladder (every size trained for the same tokens per parameter) gives L(N)
+    directly: the runs of the largest ratio D/N that covers three or more sizes. Otherwise (an
+    IsoFLOP sweep, where D/N differs from size to size) the compute-frontier runs
+    (:func:`frontier_runs`).
+    """
+    ratio = round_sig((d["D"] / d["N"]).to_numpy(float))
+    for r in sorted(np.unique(ratio[np.isfinite(ratio)]), reverse=True):
+        g = d[ratio == r]
+        if g["N"].nunique() >= 3:
+            return g["N"].to_numpy(float), g["eval_loss"].to_numpy(float), f"runs at D/N ≈ {r:.2g}"
+    fn, fl = frontier_runs(d)
+    return fn, fl, "compute-frontier runs"
+
+
+def bootstrap_frontier(d: pd.DataFrame, *, n: int = 100, seed: int = 0, point: sf.PowerLawFit | None = None):
+    """Bootstrap of the L(C) frontier fit: resample *runs*, rebuild the frontier, refit.
+    Returns ``[n, 3]`` (E, A, gamma); resamples whose frontier has < 3 points are NaN."""
+    rng = np.random.default_rng(seed)
+    starts = None if point is None else np.vstack([sf.power_law_params(point), sf.POWER_LAW_GRID[::4]])
+    out = np.full((n, 3), np.nan)
+    for i in range(n):
+        fc, fl = frontier(d.iloc[rng.integers(0, len(d), len(d))])
+        try:
+            f = sf.fit_power_law(fc, fl, starts=starts)
+        except ValueError:
+            continue
+        out[i] = (f.E, f.A, f.alpha)
+    return out
 
 
 def default_budgets(C, n: int = 3) -> list[float]:
@@ -172,11 +212,12 @@ def make_table(results: list[ArchResult], budgets, *, params: str, level: float 
             n_opt, d_opt, l_opt = c.compute_optimal(b, r.k) if c else (None, None, None)
             col[f"tokens/param @ C={b:.0e}"] = _f(d_opt / n_opt if c else None)
             col[f"N_opt @ C={b:.0e}"] = _f(n_opt)
+            col[f"D_opt @ C={b:.0e}"] = _f(d_opt)
             col[f"loss_opt @ C={b:.0e}"] = _f(l_opt, "{:.4f}")
-        col["L(N) fit points (frontier runs)"] = str(r.ln.n_points) if r.ln else "—"
+        col["L(N) fitted on"] = f"{r.ln.n_points} {r.ln_on}" if r.ln else "—"
         col["alpha_N (L(N))"] = _ci(r.ln.alpha if r.ln else None, r.ln_ci.get("alpha"))
-        col["E_N (L(N))"] = _f(r.ln.E if r.ln else None)
-        col["gamma (L(C) frontier)"] = _f(r.lc.alpha if r.lc else None)
+        col["E_N (L(N))"] = _ci(r.ln.E if r.ln else None, r.ln_ci.get("E"))
+        col["gamma (L(C) frontier)"] = _ci(r.lc.alpha if r.lc else None, r.lc_ci.get("alpha"))
         col["notes"] = "; ".join(r.notes) or ""
         rows[r.arch] = col
     t = pd.DataFrame(rows)
@@ -228,11 +269,11 @@ def make_plots(d: pd.DataFrame, results: list[ArchResult], out: Path, params: st
                 continue
             grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 200)
             if xcol == "N":
-                fn, fl = frontier_runs(g)
+                fn, fl, on = ln_points(g)
                 ax.scatter(fn, fl, s=40, facecolors="none", edgecolors=col[r.arch])
                 if r.ln:
                     ax.plot(grid, r.ln.predict(grid), color=col[r.arch],
-                            label=f"{r.arch} L(N) on frontier runs (circled)")
+                            label=f"{r.arch} L(N) on {on} (circled)")
             if xcol == "D" and r.chin:
                 n_big = g["N"].max()
                 ax.plot(grid, r.chin.predict(n_big, grid), color=col[r.arch],
