@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from archcmp.data import vocab
@@ -54,8 +55,8 @@ def _beam_jit(graphdef, params, prompt, dcfg: DecodeConfig):
     def body(c):
         t, state, logits, seq, lp, fseq, fscore, done = c
         logits = repetition_penalty(logits, seq.reshape(BW, N), t, dcfg.repetition_penalty)
-        logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, W, V)
-        top_lp, top_i = jax.lax.top_k((lp[:, :, None] + logp).reshape(B, W * V), 2 * W)  # [B, 2W]
+        logp = rearrange(jax.nn.log_softmax(logits, axis=-1), "(b w) v -> b w v", w=W)  # [B, W, V]
+        top_lp, top_i = jax.lax.top_k(rearrange(lp[:, :, None] + logp, "b w v -> b (w v)"), 2 * W)  # [B, 2W]
         parent, tok = top_i // V, (top_i % V).astype(jnp.int32)
         cseq = jnp.take_along_axis(seq, parent[:, :, None], axis=1)
         cseq = jax.lax.dynamic_update_slice(cseq, tok[:, :, None], (0, 0, t))  # [B, 2W, N]

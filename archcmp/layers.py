@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from archcmp.config import ModelConfig
@@ -71,7 +72,7 @@ def sinusoidal_table(max_len: int, d_model: int) -> Array:
     pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]
     freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
     angles = pos * freq[None, :]  # [T, D/2]
-    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(max_len, d_model)
+    return rearrange(jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1), "t f two -> t (f two)")  # [T, D]
 
 
 def apply_rope(x: Array, positions: Array, theta: float) -> Array:

@@ -102,6 +102,11 @@ class RunSettings:
     device: Any = None
     distributed: Any = None
 
+    def reference_config(self, vocab_size: int) -> ModelConfig:
+        """The size's *decoder* (whatever this run's arch): what ``train.tokens_per_param`` counts
+        parameters of, so every architecture of a size gets the same token budget."""
+        return dataclasses.replace(self.model_config(vocab_size, self.reference_shape), arch="decoder")
+
     def model_config(self, vocab_size: int, shape: Mapping[str, Any]) -> ModelConfig:
         """The model of this run: the size's shape for this arch, the task's vocabulary and
         length, then any ``model.*`` overrides."""

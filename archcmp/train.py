@@ -133,7 +133,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
 
     n_params = count_params(model_cfg)
     flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, S if s.arch == "encdec" else 0)
-    ref_params = count_params(s.model_config(task.tokenizer.vocab_size, s.reference_shape)).total
+    ref_params = count_params(s.reference_config(task.tokenizer.vocab_size)).total
     total_steps = ensemble.check_budgets(k, [
         budget_steps(ts, ref_params, flops_per_step, BatchIterator(task, "train", m.seed, ts.batch_size, formatter))
         for m in settings])

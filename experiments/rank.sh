@@ -10,7 +10,8 @@
 #   e.g. a quick smoke version:       bash experiments/rank.sh train.steps=40 train.checkpoint_every=20
 # Environment: ARCHCMP=<dir with the console scripts> (default: .venv/bin, else PATH),
 #              RANK_OUT=<analysis output> (default experiments/results/rank),
-#              RANK_SWEEP=<sweep dir> (default multirun/rank), RANK_ANALYZE_ARGS (e.g. --wandb).
+#              RANK_SWEEP=<sweep dir> (default multirun/rank), RANK_ANALYZE_ARGS (e.g. --wandb),
+#              RANK_LAUNCHER=<Hydra launcher> (default joblib: two jobs at a time on 2 cores).
 # Relaunching resumes: complete runs are skipped, interrupted ones continue from their checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,12 @@ TRAIN="${BIN:+$BIN/}archcmp-train"
 ANALYZE="${BIN:+$BIN/}archcmp-analyze"
 SWEEP="${RANK_SWEEP:-multirun/rank}"
 OUT="${RANK_OUT:-experiments/results/rank}"
+LAUNCHER="${RANK_LAUNCHER:-joblib}"
 start=$(date +%s)
 
-"$TRAIN" experiment=rank "hydra.sweep.dir=$SWEEP" "$@"
+"$TRAIN" experiment=rank "launcher=$LAUNCHER" "hydra.sweep.dir=$SWEEP" "$@"
 for heads in 1 16; do
-  "$TRAIN" experiment=rank arch=decoder,encoder size=micro "+model.n_heads=$heads" \
+  "$TRAIN" experiment=rank "launcher=$LAUNCHER" arch=decoder,encoder size=micro "+model.n_heads=$heads" \
     "run_name=\${arch.name}-\${size.name}-h$heads-\${task.name}-s\${seed}" "hydra.sweep.dir=$SWEEP" "$@"
 done
 trained=$(date +%s)

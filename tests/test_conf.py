@@ -106,3 +106,18 @@ def test_unknown_group_options_are_caught_in_one_line():
     assert "task=null" in check_overrides(["task=null"])
     assert "task: missing" in check_overrides(["~task"])
     assert check_overrides(["arch=decoder,encdec", "train.steps=3"]) is None
+
+
+@pytest.mark.parametrize("size", ["nano", "micro"])
+def test_token_budget_counts_the_same_reference_model_for_every_arch(size):
+    # train.tokens_per_param multiplies the size's *decoder* parameter count, so a parameter
+    # ladder gives all four architectures the same steps and the same examples (an encdec built
+    # from the decoder's shape would have both stacks at full depth and twice the budget).
+    refs = {}
+    for arch in ARCHS:
+        settings, shape = parse(compose_cfg([f"arch={arch}", f"size={size}", "train.tokens_per_param=5"]))
+        refs[arch] = settings.reference_config(72)
+        assert refs[arch].arch == "decoder"
+    assert len({count_params(r).total for r in refs.values()}) == 1, refs
+    decoder_settings, decoder_shape = parse(compose_cfg(["arch=decoder", f"size={size}"]))
+    assert count_params(refs["encdec"]).total == count_params(decoder_settings.model_config(72, decoder_shape)).total

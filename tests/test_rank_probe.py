@@ -95,7 +95,7 @@ def _alone_batches(batch, pairs, rows):
         yield out, list(enumerate(chunk))
 
 
-@pytest.mark.parametrize("arch", ["decoder", "prefix_lm", "encdec"])
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "prefix_lm", "encdec"])
 def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
     model = models(arch)
     batch = _packed_batch(task, arch)
@@ -103,7 +103,8 @@ def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
     forward = C.make_forward(graphdef)
     cap = C.capture(model, batch, forward=forward, state=state)
     segments = C.attention_segments(arch, batch)
-    assert set(segments) == {"decoder": {"self"}, "prefix_lm": {"self", "prefix"}}.get(arch, {"enc_self", "dec_self", "cross"})
+    assert set(segments) == {"encoder": {"self"}, "decoder": {"self"}, "prefix_lm": {"self", "prefix"}}.get(
+        arch, {"enc_self", "dec_self", "cross"})
     df = C.capture_metrics(cap, batch, arch)
     L, H = 2, 4
     pairs = [(b, int(s)) for b, r in enumerate(batch["segment_ids"]) for s in np.unique(r[r > 0])]
@@ -128,8 +129,10 @@ def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
                 blk, ref = blocks[kind][key], alone_blocks[kind][r]
                 assert blk.shape == ref.shape
                 np.testing.assert_allclose(blk, ref, atol=2e-6)
-                if kind in ("self", "dec_self") and arch != "prefix_lm":  # causal: lower-triangular block
+                if kind in ("self", "dec_self") and arch in ("decoder", "encdec"):  # causal: lower-triangular
                     assert np.all(np.triu(blk, 1) == 0)
+                if arch == "encoder" or kind in ("enc_self", "cross"):  # bidirectional: every entry > 0
+                    assert np.all(blk > 0)
                 if kind == "prefix":                                        # bidirectional inside the prefix
                     assert np.all(blk > 0)
 
