@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from einops import rearrange
 from flax import nnx
 
 from archcmp.objectives import eval_sums, weighted_sums
@@ -17,7 +16,8 @@ TrainState = dict  # {"params": nnx.State, "opt_state": optax state}
 
 def split_microbatches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
     """[B, ...] -> [A, B/A, ...] for gradient accumulation."""
-    return {k: rearrange(v, "(a b) ... -> a b ...", a=accum) for k, v in batch.items()}
+    # host-side numpy: a plain reshape (einops would probe every installed framework per call)
+    return {k: v.reshape((accum, v.shape[0] // accum) + v.shape[1:]) for k, v in batch.items()}
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accum: int,
