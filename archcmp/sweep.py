@@ -64,17 +64,18 @@ def fingerprint_warnings(summaries: list[dict]) -> list[str]:
             for k, v in groups.items() if len(v) > 1]
 
 
-CONFIG_ERROR = "ConfigError: "
-
-
 def _is_config_error(summary: dict) -> bool:
-    return str(summary.get("error") or "").startswith(CONFIG_ERROR)
+    """Did this run fail on a bad setting? Decided on the summary's ``error_kind``."""
+    kind = summary.get("error_kind")
+    if kind is None:  # summaries written before error_kind existed say it only in the text's prefix
+        kind = "config" if str(summary.get("error") or "").startswith("ConfigError: ") else None
+    return summary.get("status") == "failed" and kind == "config"
 
 
 def config_error_messages(summaries: list[dict]) -> list[str]:
     """Distinct bad-config messages of failed runs (a bad override fails every job alike)."""
-    return sorted({str(s["error"])[len(CONFIG_ERROR):] for s in summaries
-                   if s.get("status") == "failed" and _is_config_error(s)})
+    # ``error`` is "<exception class>: <message>"; the report prints the message alone
+    return sorted({str(s["error"]).partition(": ")[2] for s in summaries if _is_config_error(s)})
 
 
 def count_line(summaries: list[dict], skipped: int = 0) -> str:
@@ -114,5 +115,5 @@ class SweepReport(Callback):
         config_errors = config_error_messages(fresh)
         for msg in config_errors:
             print(f"archcmp-train: error: {msg}", file=sys.stderr)
-        if fresh and all(s.get("status") == "failed" and _is_config_error(s) for s in fresh):
+        if fresh and all(_is_config_error(s) for s in fresh):
             sys.exit(2)  # every job was misconfigured: the sweep itself is, say so in the exit code

@@ -190,7 +190,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
             meta = {"step": step, "data": mem.data.state(), "counters": mem.counters}
             mem.ckpt.save(step, engine.member(state, i), meta, force=True)
 
-    status, error = "failed", None
+    status, error = "failed", {"error": None, "error_kind": None}
     pbar = _progress(ts, total_steps, step)
     t_start = time.perf_counter()
     # The trackers close last, after the finished summary (status included) has reached them.
@@ -237,7 +237,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
             status = "complete"
         except BaseException as exc:  # recorded in the summary, then re-raised
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            error = f"{type(exc).__name__}: {exc}"
+            error = _error_fields(exc)
             raise
         finally:
             pbar.close()
@@ -245,7 +245,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                 mem.ckpt.close()
                 c = mem.counters
                 mem.summary.update({
-                    "status": status, "error": error, "step": step, "train_tokens": c["train_tokens"],
+                    "status": status, **error, "step": step, "train_tokens": c["train_tokens"],
                     "train_flops": flops_per_step * step, "flops_per_token": flops_per_step * step / max(c["train_tokens"], 1),
                     "eval_loss": mem.last_eval.get("eval_loss"), "best_eval_loss": c["best_eval_loss"]
                     if math.isfinite(c["best_eval_loss"]) else None,
@@ -361,6 +361,15 @@ def check_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def _error_fields(err: BaseException) -> dict:
+    """How a failure goes into summary.json: ``error``, the text for people, and ``error_kind``,
+    for programs (the sweep report): ``"config"`` for a bad setting, else the exception's class."""
+    from archcmp.run_config import ConfigError
+
+    kind = "config" if isinstance(err, ConfigError) else type(err).__name__
+    return {"error": f"{type(err).__name__}: {err}", "error_kind": kind}
+
+
 def _record_failure(run_dir: str, err: BaseException) -> None:
     """Make sure a failed run leaves a summary saying so (train() writes one once it started)."""
     from archcmp.hosts import is_primary
@@ -374,8 +383,7 @@ def _record_failure(run_dir: str, err: BaseException) -> None:
         tracker = JsonlTracker(d, record_status=False)
         summary = tracker.read_summary()
         if summary.get("status") in (None, "running"):
-            tracker.log_summary({**summary, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                                 "run_name": d.name})
+            tracker.log_summary({**summary, "status": "failed", **_error_fields(err), "run_name": d.name})
 
 
 def _hydra_task(cfg) -> None:

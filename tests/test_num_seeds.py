@@ -46,7 +46,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("num_seeds")
     # What the command line records for a group that failed before it started (e.g. a config error).
     (root / "group").mkdir()
-    (root / "group" / "summary.json").write_text(json.dumps({"status": "failed", "error": "ConfigError: ..."}))
+    failed = {"status": "failed", "error": "ConfigError: ...", "error_kind": "config"}
+    (root / "group" / "summary.json").write_text(json.dumps(failed))
     group = train(compose_cfg([*BASE, f"seed={SEED}", f"train.num_seeds={K}"]), root / "group")
     plain = {s: train(compose_cfg([*BASE, f"seed={s}"]), root / f"plain{s}") for s in range(SEED, SEED + K)}
     return root, group, plain
@@ -185,4 +186,5 @@ def test_a_group_failing_before_its_first_step_records_it_in_every_member(tmp_pa
     assert not (tmp_path / "summary.json").exists()
     for name in names:
         summary = json.loads((tmp_path / name / "summary.json").read_text())
-        assert summary == {"status": "failed", "error": "OSError: disk full", "run_name": name}
+        assert summary == {"status": "failed", "error": "OSError: disk full", "error_kind": "OSError",
+                           "run_name": name}

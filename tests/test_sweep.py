@@ -9,6 +9,8 @@ import time
 
 from hydra_cfg import TINY
 
+from archcmp.sweep import config_error_messages
+
 SWEEP = ["-m", "arch=decoder", "seed=0,1,2", "experiment_name=sw", *TINY, "train.steps=40",
          "train.checkpoint_every=5"]
 
@@ -56,4 +58,15 @@ def test_failed_run_is_recorded_and_others_go_on(tmp_path):
     bad = _summary(tmp_path / "multirun" / "fail" / "r1" / "summary.json")
     assert ok["status"] == "complete"
     assert bad["status"] == "failed" and "task.seq_len" in bad["error"]
+    assert bad["error_kind"] == "config"
     assert "1 completed, 0 resumed, 0 skipped (already complete), 1 failed" in out
+
+
+def test_config_errors_are_told_by_error_kind_and_old_summaries_by_their_text():
+    summaries = [
+        {"status": "failed", "error": "ConfigError: train.steps=-1: bad", "error_kind": "config"},
+        {"status": "failed", "error": "ConfigError: seed=-1: bad"},  # written before error_kind existed
+        {"status": "failed", "error": "OSError: disk full", "error_kind": "OSError"},
+        {"status": "complete", "error": None, "error_kind": None},
+    ]
+    assert config_error_messages(summaries) == ["seed=-1: bad", "train.steps=-1: bad"]

@@ -15,10 +15,10 @@ from archcmp.track import (
     MultiTracker,
     NullTracker,
     Tracker,
-    WandbTracker,
     make_tracker,
     read_jsonl,
 )
+from archcmp.track_wandb import WandbTracker
 
 
 # ------------------------------------------------------------------------------------------ jsonl

@@ -186,7 +186,7 @@ def plot_steps(long_df: pd.DataFrame, out: Path, metrics=("exact_match", "token_
 
 
 def log_wandb(args, res: dict, files: dict[str, Path], out: Path) -> None:
-    from archcmp.track import WandbTracker
+    from archcmp.track_wandb import WandbTracker
 
     tracker = WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"emergence-analysis-{out.name}",
                            group="emergence", job_type="analysis", dir=out,

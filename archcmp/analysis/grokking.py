@@ -148,7 +148,7 @@ def run_cli(argv: list[str]) -> int:
             markdown_table(table.drop(columns="run"), index=False, floatfmt=".4g"), ""]
     (out / "table.md").write_text("\n".join(text))
     if args.wandb:
-        from archcmp.track import WandbTracker
+        from archcmp.track_wandb import WandbTracker
 
         with WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"grokking-analysis-{out.name}",
                           group="grokking", job_type="analysis", dir=out) as tracker:

@@ -18,7 +18,7 @@ initialised model (``build_model(cfg, seed)``, the same initialisation the run t
 Writes into ``--out`` (default ``<first PATH>/analysis/rank``): ``metrics.csv`` (one row per run,
 step, attention kind, layer, head, example), ``collapse.csv`` (run, step, stack, variant, depth,
 example), ``table.md`` and PNG figures; ``--wandb`` also logs them with
-:class:`archcmp.track.WandbTracker`.  Prints the throughput (matrices per second) at the end.
+:class:`archcmp.track_wandb.WandbTracker`.  Prints the throughput (matrices per second) at the end.
 """
 from __future__ import annotations
 
@@ -371,7 +371,7 @@ def make_figures(attn: pd.DataFrame, coll: pd.DataFrame, infos: list[dict], out:
 
 
 def log_wandb(args, figs: dict[str, Path], out: Path, infos: list[dict], timing: dict) -> None:
-    from archcmp.track import WandbTracker
+    from archcmp.track_wandb import WandbTracker
 
     tracker = WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"rank-analysis-{out.name}",
                            group="rank", job_type="analysis", dir=out,
