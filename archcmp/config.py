@@ -18,6 +18,7 @@ NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
 ATTENTION_PATTERNS = ("dense", "local", "strided")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "dots", "full")
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -65,6 +66,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
     scan_layers: bool = True
+    # What the backward pass keeps of each layer (jax.checkpoint around the layer): "none" keeps every
+    # intermediate; "dots" keeps the dense matmul outputs and recomputes the rest (norms, activations,
+    # attention); "full" keeps only the layer input. Same numbers; memory falls, recompute rises.
+    remat: str = "none"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -103,6 +108,7 @@ class ModelConfig:
         _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("remat", self.remat, REMAT)
         for name in ("tie_embeddings", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be true or false")

@@ -7,6 +7,8 @@
   / ``num_processes`` / ``process_id``, or with no arguments when a cluster environment is present
   (SLURM ``srun`` step, Open MPI) so JAX reads the cluster's own variables. ``initialize=true`` always
   calls it (multi-host TPU slices, where JAX asks the TPU metadata), ``false`` never does.
+* :func:`use_huge_pages`: the console scripts restart themselves once with glibc's transparent
+  huge pages for ``malloc`` (fewer page faults on XLA:CPU's large per-step buffers).
 * :func:`claim_cpu_share`: a ``launcher=joblib`` job takes one of ``n_jobs`` disjoint slices of the
   cores (a lock file per slice) and pins every thread of its process to it, so parallel local jobs
   never oversubscribe the CPU whatever thread pools XLA, Eigen or BLAS create.
@@ -17,6 +19,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,6 +114,37 @@ def _add_env_flags(var: str, flags: tuple[str, ...]) -> None:
     extra = [f for f in flags if f.split("=")[0] not in names]  # the user's own setting wins
     if extra:
         os.environ[var] = " ".join(current + extra)
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def use_huge_pages() -> None:
+    """Re-execute this console script once with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``.
+
+    XLA:CPU allocates a step's temporaries afresh on every call; glibc serves the large ones with
+    new mappings, so every step faults in hundreds of MB page by page (about 100k minor faults and
+    0.35 s of system time per step of a 3M-parameter model at 2,048 tokens, 250k and 0.9 s at
+    20M). With transparent huge pages for malloc that drops to under 1k faults and 0.1-0.2 s. The
+    tunable is read only when a process starts, hence the restart; it happens before anything
+    else runs, and children (joblib workers, SLURM jobs) inherit the variable. No-op off Linux
+    glibc >= 2.35, when the variable already mentions the tunable, or with ``ARCHCMP_NO_HUGE_PAGES=1``.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables or os.environ.get("ARCHCMP_NO_HUGE_PAGES") == "1":
+        return
+    lib, version = platform.libc_ver()
+    try:
+        new_enough = lib == "glibc" and tuple(int(x) for x in version.split(".")[:2]) >= (2, 35)
+    except ValueError:
+        new_enough = False
+    if not (sys.platform.startswith("linux") and new_enough):
+        return
+    os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGE_PAGES_TUNABLE) if t)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    os.execv(sys.executable, [sys.executable, *argv[1:]])
 
 
 def cluster_env() -> str | None:

@@ -16,6 +16,10 @@ from archcmp.config import ModelConfig
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so fully masked (padding) rows stay NaN-free
+# ModelConfig.remat -> what the backward pass keeps of a layer (the batched attention matmuls
+# are cheap to recompute and their [B, H, T, S] outputs are the largest residuals).
+REMAT_POLICY = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                "full": jax.checkpoint_policies.nothing_saveable}
 
 
 def _dtype(name: str):
@@ -238,10 +242,13 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         h = jnp.einsum("btd,dnf->btnf", x, _cast(self.wi, self.cfg))  # [B, T, n, F]: no transposed copy
-        # Rematerialised: the backward pass keeps only the activation's input and recomputes the
-        # rest (as torch's fused GELU does), instead of saving every intermediate of the tanh
-        # formula -- under the layer scan, three more [L, B, T, F] stacks (experiments/results/bench.md).
-        h = jax.checkpoint(_activation, static_argnums=(0,))(self.cfg.activation, h)
+        if self.cfg.remat == "none":
+            # Even without layer remat, the backward keeps only the activation's input (as torch's
+            # fused GELU does), not every intermediate of the tanh formula: under the layer scan
+            # those are three more [L, B, T, F] stacks.
+            h = jax.checkpoint(_activation, static_argnums=(0,))(self.cfg.activation, h)
+        else:
+            h = _activation(self.cfg.activation, h)  # the layer's remat policy decides
         return jnp.einsum("btf,fd->btd", h, _cast(self.wo, self.cfg))
 
 
@@ -353,6 +360,10 @@ class Stack(nnx.Module):
                 out["cache"] = res[3]["self"]  # the cross part is read-only: not re-emitted
             return h, out
 
+        if cache is None and self.cfg.remat != "none":
+            # Training keeps less per layer and recomputes the rest in the backward pass: less
+            # memory; on XLA:CPU within +-7% of "none" in speed (experiments/results/bench.md notes).
+            body = jax.checkpoint(body, policy=REMAT_POLICY[self.cfg.remat])
         if self.cfg.scan_layers:
             x, extras = jax.lax.scan(body, x, (params, keys, cache))
         else:

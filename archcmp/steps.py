@@ -59,10 +59,13 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accu
             grads, sums = micro(params, mb, k)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        scalar = jnp.zeros((), jnp.float32)
-        zero = (jax.tree.map(jnp.zeros_like, params),
-                {"loss_sum": scalar, "correct_sum": scalar, "weight_sum": scalar})
-        (grads, sums), _ = jax.lax.scan(body, zero, (batch, keys))
+        if accum == 1:  # no zero-filled accumulators, no one-trip loop
+            grads, sums = micro(params, jax.tree.map(lambda a: a[0], batch), None if keys is None else keys[0])
+        else:
+            scalar = jnp.zeros((), jnp.float32)
+            zero = (jax.tree.map(jnp.zeros_like, params),
+                    {"loss_sum": scalar, "correct_sum": scalar, "weight_sum": scalar})
+            (grads, sums), _ = jax.lax.scan(body, zero, (batch, keys))
         denom = jnp.maximum(sums["weight_sum"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)

@@ -421,6 +421,9 @@ def _hydra_task(cfg) -> None:
 
 def main() -> None:
     """Console script: validate group overrides in one line, then hand over to Hydra."""
+    from archcmp.hosts import use_huge_pages
+
+    use_huge_pages()  # restarts this process once (malloc on transparent huge pages)
     err = check_overrides(sys.argv[1:])
     if err:
         print(f"archcmp-train: error: {err}", file=sys.stderr)

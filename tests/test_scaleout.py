@@ -265,3 +265,37 @@ def test_joblib_job_pins_every_thread_of_its_process(tmp_path):
     per = ncores // min(2, ncores)
     assert got["threads"] > 1 and len(got["cores"]) == 1  # all threads: one and the same set of cores
     assert len(got["cores"][0]) == per and got["omp"] == str(per)
+
+
+HUGE_PAGES_PROBE = """
+import os, sys
+from archcmp.hosts import use_huge_pages
+print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
+use_huge_pages()
+print("run", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
+"""
+
+
+def test_console_scripts_restart_once_with_huge_page_malloc(tmp_path):
+    """use_huge_pages re-executes the same process (same pid, same arguments) once with the glibc
+    tunable set, keeps tunables the user had, and leaves the process alone when opted out."""
+    script = tmp_path / "probe.py"
+    script.write_text(HUGE_PAGES_PROBE)
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ARCHCMP_NO_HUGE_PAGES")}
+        out = subprocess.run([sys.executable, str(script), "a", "b=1"], env={**base, **env},
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        return [line.split(" ", 2) for line in out.splitlines()]
+
+    lines = run()
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+        assert [w[0] for w in lines] == ["start", "start", "run"]  # restarted exactly once
+        assert lines[0][1] == lines[1][1] == lines[2][1]  # exec: the same process
+        assert lines[2][2] == "glibc.malloc.hugetlb=1 ['a', 'b=1']"
+        kept = run(GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+        assert kept[-1][2] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1 ['a', 'b=1']"
+    else:  # nothing to restart for
+        assert [w[0] for w in lines] == ["start", "run"]
+    opted_out = run(ARCHCMP_NO_HUGE_PAGES="1")
+    assert [w[0] for w in opted_out] == ["start", "run"] and opted_out[1][2] == "None ['a', 'b=1']"

@@ -4,7 +4,7 @@
 Both variants hold the same k states (seeds 0..k-1) and the same k batches (one per model) and
 run the project's real training step: ``steps.make_stacked_train_step`` (one call per step for all
 k) and ``steps.make_train_step`` (k calls per step, one compiled program). They alternate in
-rounds like the other sections (:func:`archcmp.bench.alternate`); figures are medians. Since both
+rounds like the other sections (:func:`archcmp.common.alternate`); figures are medians. Since both
 take the same steps from the same states, their losses after the last round must agree (up to
 the rounding of batched matmuls): the table shows the largest relative difference.
 """
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from archcmp import bench
+from archcmp.bench import common
 from archcmp.ensemble import stack
 from archcmp.models import build_model
 from archcmp.optim import make_optimizer
@@ -27,7 +27,7 @@ from archcmp.steps import make_stacked_train_step, make_train_step, split_microb
 
 
 def _states(cfg, k: int):
-    tx = make_optimizer(bench.bench_optim(), total_steps=10_000)
+    tx = make_optimizer(common.bench_optim(), total_steps=10_000)
     states = []
     for seed in range(k):
         graphdef, params = nnx.split(build_model(cfg, seed=seed))
@@ -89,16 +89,16 @@ class SequentialTrainer:
 
 def ensemble_cell(arch: str, B: int, plan: Any, rss: Any) -> dict[str, Any]:
     k, size, T = plan.ensemble_k, plan.ensemble_size, plan.ensemble_seq
-    cfg = bench.model_config(arch, size, plan.vocab, T)
-    batches = [bench.make_batch(arch, B, T, plan.vocab, seed=10 + i) for i in range(k)]
+    cfg = common.model_config(arch, size, plan.vocab, T)
+    batches = [common.make_batch(arch, B, T, plan.vocab, seed=10 + i) for i in range(k)]
     label = f"ensemble {arch} {size} k={k} B={B}"
-    bench.log(f"{label}: compiling the vmapped and the one-model step (B={B}, T={T})")
+    common.log(f"{label}: compiling the vmapped and the one-model step (B={B}, T={T})")
     variants = [VmapTrainer(cfg, batches), SequentialTrainer(cfg, batches)]
     for v in variants:
         for _ in range(plan.warmup):
             v.step()
-    timings = bench.alternate(variants, plan.ensemble_rounds, plan.ensemble_steps, rss, label)
-    tokens_step = k * B * bench.tokens_per_row(arch, T)
+    timings = common.alternate(variants, plan.ensemble_rounds, plan.ensemble_steps, rss, label)
+    tokens_step = k * B * common.tokens_per_row(arch, T)
     row: dict[str, Any] = {"arch": arch, "size": size, "k": k, "batch": B, "seq": T, "tokens_per_step": tokens_step,
                            "params_per_model": int(sum(x.size for x in jax.tree.leaves(variants[1].states[0]["params"]))),
                            "variants": {}}
