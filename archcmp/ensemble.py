@@ -157,9 +157,13 @@ class Single:
         self.train_step = place.wrap_train(train_step)
         self.eval_step = place.wrap_eval(eval_step)
 
-    def step(self, state: Any, batches: list, keys: list) -> tuple[Any, list[dict]]:
-        state, m = self.train_step(state, batches[0], keys[0])
-        return state, [jax.device_get(m)]
+    def step(self, state: Any, batches: list, keys: list) -> tuple[Any, Any]:
+        """Dispatch one step; -> (new state, metrics still on the device: see :meth:`read`)."""
+        return self.train_step(state, batches[0], keys[0])
+
+    def read(self, metrics: Any) -> list[dict]:
+        """Wait for the step and fetch its metrics: one dict per member."""
+        return [jax.device_get(metrics)]
 
     def sums(self, params: Any, batches: list) -> list[dict[str, float]]:
         from archcmp.steps import run_eval
@@ -179,11 +183,13 @@ class Stacked:
     def __init__(self, k: int, train_step: Callable, eval_step: Callable):
         self.k, self.train_step, self.eval_step = k, train_step, eval_step
 
-    def step(self, state: Any, batches: list, keys: list) -> tuple[Any, list[dict]]:
+    def step(self, state: Any, batches: list, keys: list) -> tuple[Any, Any]:
         key = None if keys[0] is None else jnp.stack(keys)
-        state, m = self.train_step(state, stack(batches), key)
-        m = jax.device_get(m)
-        return state, [{name: v[i] for name, v in m.items()} for i in range(self.k)]
+        return self.train_step(state, stack(batches), key)
+
+    def read(self, metrics: Any) -> list[dict]:
+        m = jax.device_get(metrics)
+        return [{name: v[i] for name, v in m.items()} for i in range(self.k)]
 
     def sums(self, params: Any, batches: list) -> list[dict[str, float]]:
         """Per-member sums over the batches (the arithmetic of :func:`archcmp.steps.run_eval`)."""

@@ -65,7 +65,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     from archcmp.models import build_model
     from archcmp.optim import make_optimizer, schedule
     from archcmp.run_config import ConfigError, parse
-    from archcmp.steps import split_microbatches
+    from archcmp.members import Member, next_batches
     from archcmp.track import JsonlTracker, NullTracker, make_tracker, read_summary, to_jsonable
     from archcmp import hosts
     from archcmp.sharding import make_placement
@@ -149,13 +149,14 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     # ---- resume -------------------------------------------------------------------------
     # k>1: keep two checkpoints at least, so a kill between the members' saves leaves a common step.
     keep = ts.keep_checkpoints if k == 1 else max(ts.keep_checkpoints, 2)
-    members = [_Member(m, d, BatchIterator(task, "train", m.seed, ts.batch_size, formatter),
+    members = [Member(m, d, BatchIterator(task, "train", m.seed, ts.batch_size, formatter),
                        Checkpointer(d / "checkpoints", keep=keep)) for m, d in zip(settings, dirs)]
     step, resume_at = 0, ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
     if resume_at is not None:
         for i, mem in enumerate(members):
             states[i], meta = mem.ckpt.restore(step=None if k == 1 else resume_at, target=states[i])
             mem.data.restore(meta["data"])
+            mem.position = mem.data.state()
             step, mem.counters, mem.resumed_from = int(meta["step"]), dict(meta["counters"]), int(meta["step"])
     engine = ensemble.make_engine(k, graphdef, tx, ts.grad_accum, place, states[0])
     state = engine.combine(states)  # k>1: stacked on a leading member axis
@@ -187,7 +188,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
 
     def save() -> None:
         for i, mem in enumerate(members):
-            meta = {"step": step, "data": mem.data.state(), "counters": mem.counters}
+            meta = {"step": step, "data": mem.position, "counters": mem.counters}
             mem.ckpt.save(step, engine.member(state, i), meta, force=True)
 
     status, error = "failed", {"error": None, "error_kind": None}
@@ -198,13 +199,15 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
         for mem in members:
             trackers.enter_context(mem.tracker)
         try:
+            upcoming = next_batches(members, ts.grad_accum) if step < total_steps else None
             while step < total_steps:
                 t0 = time.perf_counter()
-                batches = [split_microbatches(next(mem.data), ts.grad_accum) for mem in members]
-                tokens = [sum(int(ex.inputs.size + ex.targets.size) for ex in mem.data.last_examples)
-                          for mem in members]
+                batches, tokens, positions = upcoming
                 keys = [None if mem.base_key is None else jax.random.fold_in(mem.base_key, step) for mem in members]
-                state, ms = engine.step(state, batches, keys)
+                state, pending = engine.step(state, batches, keys)  # dispatched: runs while the host ...
+                if step + 1 < total_steps:  # ... builds the next batch
+                    upcoming = next_batches(members, ts.grad_accum)
+                ms = engine.read(pending)
                 for mem, m in zip(members, ms):
                     if not bool(m["finite"]):
                         raise FloatingPointError(
@@ -212,6 +215,8 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                             f"{'' if k == 1 else ', member ' + mem.s.run_name}); the last good checkpoint is step "
                             f"{mem.ckpt.latest_step()}: lower optimizer.lr or raise optimizer.warmup_steps")
                 step += 1
+                for mem, position in zip(members, positions):
+                    mem.position = position  # what checkpoints and the summary record: consumed data only
                 dt = time.perf_counter() - t0
                 for mem, m, n_tokens in zip(members, ms, tokens):
                     mem.counters["train_tokens"] += n_tokens
@@ -249,32 +254,14 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                     "train_flops": flops_per_step * step, "flops_per_token": flops_per_step * step / max(c["train_tokens"], 1),
                     "eval_loss": mem.last_eval.get("eval_loss"), "best_eval_loss": c["best_eval_loss"]
                     if math.isfinite(c["best_eval_loss"]) else None,
-                    "eval_metrics": mem.last_eval, "data_fingerprint": mem.data.fingerprint,
-                    "examples_seen": mem.data.examples_seen, "examples_dropped": mem.data.dropped,
+                    "eval_metrics": mem.last_eval, "data_fingerprint": mem.position["fingerprint"]["digest"],
+                    "examples_seen": mem.position["fingerprint"]["count"], "examples_dropped": mem.position["dropped"],
                     "tokens_per_sec": mem.steady_tokens / mem.steady_time if mem.steady_time > 0 else None,
                     "wall_seconds": time.perf_counter() - t_start, "train_seconds": c["train_seconds"]})
                 if primary:
                     JsonlTracker(mem.run_dir, record_status=False).log_summary(to_jsonable(mem.summary))
                     mem.tracker.log_summary(to_jsonable(mem.summary))
     return ensemble.result(s, [mem.summary for mem in members])
-
-
-class _Member:
-    """One model's run record: settings (its seed), directory, data order, checkpoints, tracker."""
-
-    def __init__(self, s: Any, run_dir: Path, data: Any, ckpt: Any):
-        self.s, self.run_dir, self.data, self.ckpt = s, run_dir, data, ckpt
-        self.counters = {"train_tokens": 0, "train_seconds": 0.0, "best_eval_loss": math.inf}
-        self.resumed_from: int | None = None
-        self.tracker: Any = None
-        self.base_key: Any = None
-        self.summary: dict[str, Any] = {}
-        self.last_eval: dict[str, float] = {}
-        self.steady_tokens, self.steady_time = 0, 0.0
-
-    @property
-    def tps(self) -> float:
-        return self.steady_tokens / self.steady_time if self.steady_time > 0 else 0.0
 
 
 def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
