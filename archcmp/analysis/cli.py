@@ -13,6 +13,7 @@ PROBES = {
     "rank": "archcmp.analysis.rank_cli",
     "emergence": "archcmp.analysis.emergence",
     "grokking": "archcmp.analysis.grokking",
+    "seeds": "archcmp.analysis.seed_tables",
 }
 
 

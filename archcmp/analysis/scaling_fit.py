@@ -392,10 +392,10 @@ def degeneracy_flags(xs, L, *, n_params: int, dropped: int = 0, n_in: int | None
     * ``dropped``: points removed before fitting (NaN, inf, <= 0);
     * ``too few points``: fewer than ``n_params + MIN_RESIDUAL_DOF`` points;
     * ``narrow range``: a feature spans fewer than ``MIN_DECADES`` decades;
-    * ``rising``: the least-squares slope of log L on log x is positive (loss grows with x), or
-      a fitted exponent is negative;
+    * ``rising``: the least-squares line of log L on log x rises by more than ``MIN_FALL`` over
+      the data (loss grows with x), or a fitted exponent is below -1e-3;
     * ``flat``: the fitted curve (``fitted`` = its values at the smallest and largest x) falls by
-      less than ``MIN_FALL`` of its end value, or a fitted exponent is below 1e-3.
+      less than ``MIN_FALL`` of its end value, or a fitted exponent is within 1e-3 of 0.
     """
     L = np.asarray(L, float)
     flags = []
@@ -408,15 +408,15 @@ def degeneracy_flags(xs, L, *, n_params: int, dropped: int = 0, n_in: int | None
     for x in xs:
         x = np.asarray(x, float)
         span = float(np.log10(x.max() / x.min())) if len(x) else 0.0
-        if span < MIN_DECADES:
+        if round(span, 2) < MIN_DECADES:
             flags.append(f"narrow range: x spans {span:.2f} decades (need >= {MIN_DECADES:g})")
     rising = False
     if len(xs) == 1 and len(L) >= 2 and np.ptp(np.log(xs[0])) > 0:
         slope = float(np.polyfit(np.log(xs[0]), np.log(L), 1)[0])
-        if slope > 0:
+        if slope * np.ptp(np.log(xs[0])) > np.log1p(MIN_FALL):  # the trend line rises > MIN_FALL
             flags.append(f"rising: log L grows with log x (slope {slope:+.3g})")
             rising = True
-    if not rising and any(e < 0 for e in exponents):
+    if not rising and any(e < -1e-3 for e in exponents):
         flags.append("rising: fitted exponent < 0 ("
                      + ", ".join(f"{e:.3g}" for e in exponents) + ")")
         rising = True
@@ -425,7 +425,7 @@ def degeneracy_flags(xs, L, *, n_params: int, dropped: int = 0, n_in: int | None
         if fitted is not None:
             hi, lo = (float(v) for v in np.asarray(fitted, float))
             fall = (hi - lo) / lo if lo > 0 else None
-        if (fall is not None and fall < MIN_FALL) or any(0 <= e < 1e-3 for e in exponents):
+        if (fall is not None and fall < MIN_FALL) or any(abs(e) < 1e-3 for e in exponents):
             flags.append("flat: fitted curve falls by "
                          + (f"{100 * fall:.2g}%" if fall is not None else "~0")
                          + " over the data range")

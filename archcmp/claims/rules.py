@@ -136,7 +136,7 @@ def _seed_difference(rule, path) -> Outcome:
     listed = rule.get("conditions")
     conds = [str(c) for c in listed] if listed else sorted(d["condition"].unique())
     label = f"{a} − {b}" if b is not None else a
-    lines, votes, ns, dropped, absent = [], [], [], 0, []
+    lines, votes, points, ns, dropped, absent = [], [], [], [], 0, []
     for cond in conds:
         va, da = _cell(d, cond, a)
         vb, db = _cell(d, cond, b) if b is not None else (None, 0)
@@ -159,6 +159,7 @@ def _seed_difference(rule, path) -> Outcome:
             m, lo, hi = ev.welch_interval(va.to_numpy(), vb.to_numpy(), level)
         v = _vote(lo, hi, direction, margin, min_effect)
         votes.append(v)
+        points.append(_vote(m, m, direction, margin, min_effect) == 1)
         ns.append(n)
         lines.append(f"{cond}: {label} = {fmt_interval(m, lo, hi)} (n={n})")
     if not votes:
@@ -177,6 +178,8 @@ def _seed_difference(rule, path) -> Outcome:
     if dropped:
         notes.append(f"{dropped} non-finite values dropped")
     tally = f"{n_for} of {n_conds} conditions for, {n_against} against, need {need}"
+    if min(ns) < MIN_SEEDS:  # too few seeds for intervals to decide: say where the means point
+        notes.insert(0, f"means in the claimed direction at {sum(points)} of {len(points)}")
     if n_for >= need:
         verdict = SUPPORTED
     elif n_against >= need:
