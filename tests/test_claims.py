@@ -266,3 +266,27 @@ def test_committed_rank_and_emergence_seed_tables_regenerate(tmp_path):
     rank = (tmp_path / "rank" / "seeds.csv").read_text()
     assert "nano,decoder/self,0,effective_rank_rel_causal," in rank
     assert "micro/decoder,h16,0,eval_loss,2.35608" in rank  # rank/runs.csv: 2.3560841789578144
+
+
+def test_fit_table_fits_each_seed_when_there_are_three():
+    """Three seeds of a ladder with L = 2 + 50 N^-0.3 (D = 20 N, C = 120 N^2, so gamma = 0.15):
+    one fit per seed, a t-interval over seeds that covers the truth, no flags."""
+    import numpy as np
+    import pandas as pd
+
+    from archcmp.analysis import seed_tables
+    from archcmp.analysis.scaling import round_sig
+
+    N = np.geomspace(1e4, 1e7, 7)
+    rows = []
+    for seed, wiggle in enumerate((1.0, 1.01, 0.99)):
+        for n in N:
+            rows.append({"arch": "decoder", "seed": seed, "N": n, "D": 20 * n, "C": 120 * n * n,
+                         "eval_loss": 2.0 + 50.0 * wiggle * n ** -0.3})
+    d = pd.DataFrame(rows)
+    d["budget"] = round_sig(d["C"].to_numpy())
+    t = seed_tables.fit_table(d).set_index("parameter")
+    for param, truth in (("alpha_N", 0.3), ("gamma", 0.15)):
+        r = t.loc[param]
+        assert r["n_seeds"] == 3 and r["interval"] == "t over seeds" and r["flags"] == "", r.to_dict()
+        assert r["lo"] <= truth <= r["hi"] and abs(r["estimate"] - truth) < 0.01

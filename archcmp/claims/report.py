@@ -26,8 +26,9 @@ What the verdicts mean:
   {MIN_SEEDS} training seeds.
 - **inconclusive**: there is evidence but it does not decide: fewer than {MIN_SEEDS} seeds (every
   committed experiment today has one), overlapping intervals, or a fit flagged as
-  untrustworthy. The reason column says which; "would be supported" marks a single-seed
-  pattern that the rule has not yet been allowed to judge.
+  untrustworthy. The reason column says which. With too few seeds it also says which way the
+  numbers point ("means in the claimed direction at k of n"; "would be supported" with two
+  seeds), which the rule is not yet allowed to judge.
 - **not run**: the evidence file the rule reads does not exist yet.
 - **not testable**: the claim is definitional, historical or outside what runs can decide (the
   reason is given).
