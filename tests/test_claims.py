@@ -182,6 +182,12 @@ def test_registry_lists_every_seed_claim_with_a_dated_rule():
             assert evaluate(c, REPO).verdict == "not testable"
 
 
+def test_registry_figures_exist():
+    for c in load_registry(REPO / "seeds" / "claims.yaml"):
+        for f in c.figures:
+            assert (REPO / "experiments" / "results" / f).is_file(), (c.id, f)
+
+
 def minimal(**claim):
     base = {"id": "C01", "sources": ["000"], "claim": "A claim stated in our words.", "testable": True,
             "experiments": ["x"], "metrics": ["m"],
