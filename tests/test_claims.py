@@ -228,6 +228,15 @@ def test_committed_claims_files_are_up_to_date(capsys):
     assert cli.main(["--check", "--root", str(REPO)]) == 0, capsys.readouterr().out
 
 
+def test_malformed_evidence_exits_2_with_one_line(tmp_path, capsys):
+    for rel in ("seeds", "experiments/results"):
+        shutil.copytree(REPO / rel, tmp_path / rel)
+    (tmp_path / "experiments/results/rank/seeds.csv").write_text("condition,group,seed,value\nnano,a,0,1\n")
+    assert cli.main(["--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "rank/seeds.csv: missing column 'metric'" in err
+
+
 def test_check_reports_a_stale_file_in_one_line(tmp_path, capsys):
     for rel in ("seeds", "experiments/results"):
         shutil.copytree(REPO / rel, tmp_path / rel)

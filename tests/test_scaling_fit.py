@@ -167,3 +167,9 @@ def test_chinchilla_flags_missing_points():
     L[0] = np.nan
     fit = sf.fit_chinchilla(N, D, L, starts="coarse")
     assert fit.dropped == 1 and fit.flags == ("dropped: 1 of 64 points NaN/inf/<=0",)
+
+
+def test_compute_frontier_reports_dropped_points():
+    with pytest.warns(UserWarning, match="dropped 2 of 5 points"):
+        fc, fl = sf.compute_frontier([1e15, np.nan, 1e16, 1e17, 1e18], [3.0, 2.0, 2.5, -1.0, 2.0], decimals=1)
+    np.testing.assert_allclose(fc, [1e15, 1e16, 1e18])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -206,7 +207,10 @@ def compute_frontier(C, L, *, decimals: float | None = 1, groups=None):
     if groups is None:
         groups = np.log10(C) if decimals is None else np.round(np.log10(C), int(decimals))
     groups = np.asarray(groups).ravel()
-    ok = np.isfinite(C) & (C > 0) & np.isfinite(L) & (L > 0)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(C) & (C > 0) & np.isfinite(L) & (L > 0)
+    if not ok.all():
+        warnings.warn(f"compute_frontier: dropped {(~ok).sum()} of {len(ok)} points (NaN/inf/<=0)", stacklevel=2)
     C, L, groups = C[ok], L[ok], groups[ok]
     best = {}
     for i, g in enumerate(groups):
