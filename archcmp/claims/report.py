@@ -35,6 +35,9 @@ What the verdicts mean:
 
 Intervals are 95% over seeds (t unless the rule says bootstrap). Fit intervals computed from
 one seed are bootstrap intervals over runs, shown for information; they never decide a verdict.
+An experiment feeds a verdict by writing the file its rule names: a per-seed table
+(`condition,group,seed,metric,value`), a `criterion.json` or a fit table (formats in
+`archcmp/claims/evidence.py`; `archcmp-analyze seeds` writes them for scaling, rank and emergence).
 """
 
 
