@@ -122,3 +122,54 @@ def test_frontier_fit_recovers_compute_exponent():
 def test_flops_per_param_is_median_ratio():
     assert sf.flops_per_param([600, 700, 6000], [100, 100, 1000]) == pytest.approx(6.0)
     assert sf.flops_per_param([np.nan], [100]) == 6.0
+
+
+# ----------------------------------------------------------------------------- degenerate inputs
+def test_well_posed_fit_has_no_flags():
+    N = np.geomspace(1e5, 1e9, 12)
+    fit = sf.fit_power_law(N, 2.0 + 50.0 * N ** -0.3)
+    assert fit.flags == () and fit.dropped == 0
+
+
+def test_constant_loss_is_flagged_flat():
+    fit = sf.fit_power_law(np.geomspace(1e5, 1e9, 8), np.full(8, 3.0))
+    assert any(f.startswith("flat") for f in fit.flags), fit.flags
+
+
+def test_rising_loss_is_flagged_rising():
+    N = np.geomspace(1e5, 1e9, 8)
+    fit = sf.fit_power_law(N, 2.0 + 0.01 * np.log(N))
+    assert any(f.startswith("rising") for f in fit.flags), fit.flags
+
+
+def test_too_few_points_and_decades_are_flagged():
+    # 4 points for 3 parameters: 1 residual degree of freedom; spanning half a decade
+    N = np.geomspace(1e6, 10 ** 6.5, 4)
+    fit = sf.fit_power_law(N, 2.0 + 50.0 * N ** -0.3)
+    assert any(f.startswith("too few points: 4 for 3") for f in fit.flags), fit.flags
+    assert any(f.startswith("narrow range: x spans 0.50") for f in fit.flags), fit.flags
+
+
+def test_nan_inf_and_negative_points_are_dropped_and_reported():
+    N = np.geomspace(1e5, 1e9, 9)
+    L = 2.0 + 50.0 * N ** -0.3
+    L[[1, 4, 7]] = [np.nan, np.inf, -1.0]
+    fit = sf.fit_power_law(N, L)
+    assert fit.dropped == 3 and fit.n_points == 6
+    assert "dropped: 3 of 9 points NaN/inf/<=0" in fit.flags
+    with pytest.raises(ValueError, match="3 dropped"):
+        sf.fit_power_law(N[:5], np.array([3.0, np.nan, np.nan, np.nan, 2.0]))
+
+
+def test_chinchilla_flags_missing_points():
+    N, D, L = grid_points(noise=0.0)
+    L = L.copy()
+    L[0] = np.nan
+    fit = sf.fit_chinchilla(N, D, L, starts="coarse")
+    assert fit.dropped == 1 and fit.flags == ("dropped: 1 of 64 points NaN/inf/<=0",)
+
+
+def test_compute_frontier_reports_dropped_points():
+    with pytest.warns(UserWarning, match="dropped 2 of 5 points"):
+        fc, fl = sf.compute_frontier([1e15, np.nan, 1e16, 1e17, 1e18], [3.0, 2.0, 2.5, -1.0, 2.0], decimals=1)
+    np.testing.assert_allclose(fc, [1e15, 1e16, 1e18])

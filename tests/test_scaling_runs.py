@@ -171,3 +171,19 @@ def test_frontier_bootstrap_gives_a_gamma_interval_around_the_point_fit(tmp_path
     table = scaling.make_table([res], [1e14], params="total")
     assert "[" in table.loc["gamma (L(C) frontier)", "decoder"]
     assert table.loc["D_opt @ C=1e+14", "decoder"] != "—"
+
+
+def test_fit_arch_notes_name_degenerate_fits():
+    """A flat loss curve is still fitted, but the table's notes say the fit is flagged."""
+    N = np.repeat(np.geomspace(1e4, 1e7, 4), 2)
+    D = np.tile([2e5, 2e6], 4) * N / 1e4
+    d = pd.DataFrame({"arch": "flat", "N": N, "D": D, "C": 6 * N * D, "eval_loss": 3.0,
+                      "flops_per_token": 6 * N})
+    d["k"] = 6.0
+    d["budget"] = scaling.round_sig(d["C"].to_numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = scaling.fit_arch(d, "flat", n_boot=0, starts="coarse")
+    notes = "; ".join(res.notes)
+    assert "L(N,D) flagged: flat" in notes and "L(N) flagged:" in notes, notes
+    assert "L(C) not fitted" in notes  # a flat curve's frontier keeps a single point

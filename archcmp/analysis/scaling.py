@@ -116,6 +116,9 @@ def fit_arch(d: pd.DataFrame, arch: str, *, n_boot: int = 100, seed: int = 0,
             res.lc_ci = dict(zip(("E", "A", "alpha"), sf.percentile_ci(bs, level, max(2, n_boot // 2)).T))
     except (ValueError, RuntimeError) as exc:
         res.notes.append(f"L(C) not fitted: {exc}")
+    for name, fit in (("L(N,D)", res.chin), ("L(N)", res.ln), ("L(C)", res.lc)):
+        if fit is not None and fit.flags:
+            res.notes.append(f"{name} flagged: " + "; ".join(fit.flags))
     for n in res.notes:
         warnings.warn(f"[{arch}] {n}", stacklevel=2)
     return res

@@ -24,12 +24,19 @@ Compute-optimal allocation (Hoffmann eq. 4) under ``C = k N D``::
 
 ``k = 6`` is the dense-transformer rule of thumb; per architecture, pass
 ``k = flops_per_token / N`` measured from the runs (see :func:`flops_per_param`).
+
+Every fit carries ``flags``: reasons it should not be trusted (:func:`degeneracy_flags`) --
+points dropped as NaN/inf/non-positive, a flat or rising curve, too few points for the
+parameters fitted, or too narrow a range of x (in decades). The numbers are still returned;
+readers (the scaling table, the claims engine) show the flags and treat a flagged fit as
+inconclusive.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import itertools
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,6 +54,11 @@ COARSE_GRID = np.array(list(itertools.product(
 # Starts for the 3-parameter power law, columns (a, e, alpha).
 POWER_LAW_GRID = np.array(list(itertools.product(
     [0.0, 5.0, 10.0, 20.0], [-1.0, 0.0, 1.0], [0.1, 0.4, 1.0])))
+
+# Degeneracy thresholds (see :func:`degeneracy_flags`).
+MIN_DECADES = 1.0        # x must span at least this many decades per fitted exponent's feature
+MIN_RESIDUAL_DOF = 2     # points minus fitted parameters
+MIN_FALL = 0.01          # the fitted curve must fall by >= 1% of its end value over the data range
 
 # Tighter than scipy's defaults: the summed Huber objective is O(1e-3), and loose stopping is
 # what Besiroglu et al. blame for part of Hoffmann et al.'s discrepancy.
@@ -148,6 +160,8 @@ class PowerLawFit:
     alpha: float
     objective: float
     n_points: int
+    flags: tuple = ()  # reasons not to trust the fit (empty: none found)
+    dropped: int = 0   # input points dropped as NaN / inf / <= 0
 
     def predict(self, x):
         return self.E + self.A * np.asarray(x, float) ** -self.alpha
@@ -157,15 +171,22 @@ class PowerLawFit:
 
 
 def fit_power_law(x, L, *, delta: float = DELTA, starts=None) -> PowerLawFit:
-    """Fit ``L = E + A x^-alpha`` (Huber on log L, L-BFGS multistart, like approach 3)."""
-    x, L = _clean(x, L)
+    """Fit ``L = E + A x^-alpha`` (Huber on log L, L-BFGS multistart, like approach 3).
+
+    Raises ``ValueError`` below 3 distinct usable x values (nothing to fit); otherwise returns
+    the fit with ``flags`` naming any degeneracy (:func:`degeneracy_flags`)."""
+    (x, L), dropped = clean_points(x, L)
     if len(x) < 3 or len(np.unique(x)) < 3:
-        raise ValueError(f"power-law fit needs >= 3 distinct x values, got {len(np.unique(x))}")
+        raise ValueError(f"power-law fit needs >= 3 distinct x values, got {len(np.unique(x))}"
+                         + (f" ({dropped} dropped as NaN/inf/<=0)" if dropped else ""))
     starts = POWER_LAW_GRID if starts is None else np.atleast_2d(starts)
     res = _multistart(np.log(x)[None, :], np.log(L), starts, delta)
     a, e, alpha = res.x
-    return PowerLawFit(E=float(np.exp(e)), A=float(np.exp(a)), alpha=float(alpha),
-                       objective=float(res.fun), n_points=len(x))
+    fit = PowerLawFit(E=float(np.exp(e)), A=float(np.exp(a)), alpha=float(alpha),
+                      objective=float(res.fun), n_points=len(x), dropped=dropped)
+    flags = degeneracy_flags([x], L, n_params=3, dropped=dropped, n_in=len(x) + dropped,
+                             fitted=fit.predict(np.array([x.min(), x.max()])), exponents=[fit.alpha])
+    return PowerLawFit(**{**asdict(fit), "flags": tuple(flags)})
 
 
 def power_law_params(fit: PowerLawFit) -> np.ndarray:
@@ -186,7 +207,10 @@ def compute_frontier(C, L, *, decimals: float | None = 1, groups=None):
     if groups is None:
         groups = np.log10(C) if decimals is None else np.round(np.log10(C), int(decimals))
     groups = np.asarray(groups).ravel()
-    ok = np.isfinite(C) & (C > 0) & np.isfinite(L) & (L > 0)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(C) & (C > 0) & np.isfinite(L) & (L > 0)
+    if not ok.all():
+        warnings.warn(f"compute_frontier: dropped {(~ok).sum()} of {len(ok)} points (NaN/inf/<=0)", stacklevel=2)
     C, L, groups = C[ok], L[ok], groups[ok]
     best = {}
     for i, g in enumerate(groups):
@@ -220,6 +244,8 @@ class ChinchillaFit:
     beta: float
     objective: float
     n_points: int
+    flags: tuple = ()
+    dropped: int = 0
 
     @property
     def params(self) -> np.ndarray:
@@ -241,10 +267,11 @@ class ChinchillaFit:
         return asdict(self)
 
 
-def _from_params(p, objective, n) -> ChinchillaFit:
+def _from_params(p, objective, n, flags=(), dropped=0) -> ChinchillaFit:
     a, b, e, alpha, beta = (float(v) for v in p)
     return ChinchillaFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                         alpha=alpha, beta=beta, objective=float(objective), n_points=n)
+                         alpha=alpha, beta=beta, objective=float(objective), n_points=n,
+                         flags=tuple(flags), dropped=dropped)
 
 
 def chinchilla_objective(params, N, D, L, delta: float = DELTA) -> float:
@@ -259,15 +286,20 @@ def fit_chinchilla(N, D, L, *, delta: float = DELTA, starts="hoffmann") -> Chinc
     ``starts``: ``"hoffmann"`` (4500-point grid), ``"coarse"`` (72 points), or an array of
     internal start vectors ``(a, b, e, alpha, beta)``.
     """
-    N, D, L = _clean(N, D, L)
+    (N, D, L), dropped = clean_points(N, D, L)
     if len(N) < 6 or len(np.unique(N)) < 2 or len(np.unique(D)) < 2:
         raise ValueError(f"approach 3 needs >= 6 runs with >= 2 distinct N and D; got {len(N)} runs, "
-                         f"{len(np.unique(N))} N, {len(np.unique(D))} D")
+                         f"{len(np.unique(N))} N, {len(np.unique(D))} D"
+                         + (f" ({dropped} dropped as NaN/inf/<=0)" if dropped else ""))
     if isinstance(starts, str):
         starts = {"hoffmann": HOFFMANN_GRID, "coarse": COARSE_GRID}[starts]
     feats = np.vstack([np.log(N), np.log(D)])
     res = _multistart(feats, np.log(L), starts, delta)
-    return _from_params(res.x, res.fun, len(N))
+    fit = _from_params(res.x, res.fun, len(N), dropped=dropped)
+    ends = fit.predict(np.array([N.min(), N.max()]), np.array([D.min(), D.max()]))
+    flags = degeneracy_flags([N, D], L, n_params=5, dropped=dropped, n_in=len(N) + dropped,
+                             fitted=ends, exponents=[fit.alpha, fit.beta])
+    return _from_params(res.x, res.fun, len(N), flags, dropped)
 
 
 def bootstrap_chinchilla(N, D, L, *, n: int = 100, seed: int = 0, delta: float = DELTA,
@@ -276,7 +308,7 @@ def bootstrap_chinchilla(N, D, L, *, n: int = 100, seed: int = 0, delta: float =
     (E, A, B, alpha, beta). Refits start from ``starts`` (default: the point estimate plus every
     8th point of the coarse grid -- 10 starts, a multistart that is ~450x cheaper than
     Hoffmann's grid; a resample's optimum is near the full-data one)."""
-    N, D, L = _clean(N, D, L)
+    (N, D, L), _ = clean_points(N, D, L)
     point = point or fit_chinchilla(N, D, L, delta=delta, starts="coarse")
     if starts is None:
         starts = np.vstack([point.params, COARSE_GRID[::8]])
@@ -294,7 +326,7 @@ def bootstrap_chinchilla(N, D, L, *, n: int = 100, seed: int = 0, delta: float =
 def bootstrap_power_law(x, L, *, n: int = 100, seed: int = 0, delta: float = DELTA,
                         point: PowerLawFit | None = None) -> np.ndarray:
     """Bootstrap :func:`fit_power_law`; returns ``[n, 3]`` array of (E, A, alpha)."""
-    x, L = _clean(x, L)
+    (x, L), _ = clean_points(x, L)
     point = point or fit_power_law(x, L, delta=delta)
     starts = np.vstack([power_law_params(point), POWER_LAW_GRID[::4]])
     rng = np.random.default_rng(seed)
@@ -344,9 +376,61 @@ def flops_per_param(flops_per_token, n_params) -> float:
     return float(np.median(r)) if len(r) else 6.0
 
 
-def _clean(*cols):
+def clean_points(*cols):
+    """Keep the rows where every column is finite and > 0 (logs are taken of all of them).
+
+    Returns ``(tuple of cleaned arrays, number of rows dropped)`` so callers can report it."""
     arrs = [np.asarray(c, float).ravel() for c in cols]
     ok = np.ones(len(arrs[0]), bool)
     for a in arrs:
-        ok &= np.isfinite(a) & (a > 0)
-    return tuple(a[ok] for a in arrs)
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(a) & (a > 0)
+    return tuple(a[ok] for a in arrs), int((~ok).sum())
+
+
+def degeneracy_flags(xs, L, *, n_params: int, dropped: int = 0, n_in: int | None = None,
+                     fitted=None, exponents=()) -> list[str]:
+    """Reasons a fit of ``L`` against the features ``xs`` (each a positive array) is not to be
+    trusted. Each reason is one short phrase, e.g. ``"flat: ..."``:
+
+    * ``dropped``: points removed before fitting (NaN, inf, <= 0);
+    * ``too few points``: fewer than ``n_params + MIN_RESIDUAL_DOF`` points;
+    * ``narrow range``: a feature spans fewer than ``MIN_DECADES`` decades;
+    * ``rising``: the least-squares line of log L on log x rises by more than ``MIN_FALL`` over
+      the data (loss grows with x), or a fitted exponent is below -1e-3;
+    * ``flat``: the fitted curve (``fitted`` = its values at the smallest and largest x) falls by
+      less than ``MIN_FALL`` of its end value, or a fitted exponent is within 1e-3 of 0.
+    """
+    L = np.asarray(L, float)
+    flags = []
+    if dropped:
+        flags.append(f"dropped: {dropped} of {n_in if n_in is not None else len(L) + dropped} "
+                     f"points NaN/inf/<=0")
+    if len(L) < n_params + MIN_RESIDUAL_DOF:
+        flags.append(f"too few points: {len(L)} for {n_params} parameters "
+                     f"(need >= {n_params + MIN_RESIDUAL_DOF})")
+    for x in xs:
+        x = np.asarray(x, float)
+        span = float(np.log10(x.max() / x.min())) if len(x) else 0.0
+        if round(span, 2) < MIN_DECADES:
+            flags.append(f"narrow range: x spans {span:.2f} decades (need >= {MIN_DECADES:g})")
+    rising = False
+    if len(xs) == 1 and len(L) >= 2 and np.ptp(np.log(xs[0])) > 0:
+        slope = float(np.polyfit(np.log(xs[0]), np.log(L), 1)[0])
+        if slope * np.ptp(np.log(xs[0])) > np.log1p(MIN_FALL):  # the trend line rises > MIN_FALL
+            flags.append(f"rising: log L grows with log x (slope {slope:+.3g})")
+            rising = True
+    if not rising and any(e < -1e-3 for e in exponents):
+        flags.append("rising: fitted exponent < 0 ("
+                     + ", ".join(f"{e:.3g}" for e in exponents) + ")")
+        rising = True
+    if not rising:
+        fall = None
+        if fitted is not None:
+            hi, lo = (float(v) for v in np.asarray(fitted, float))
+            fall = (hi - lo) / lo if lo > 0 else None
+        if (fall is not None and fall < MIN_FALL) or any(abs(e) < 1e-3 for e in exponents):
+            flags.append("flat: fitted curve falls by "
+                         + (f"{100 * fall:.2g}%" if fall is not None else "~0")
+                         + " over the data range")
+    return flags
