@@ -125,23 +125,25 @@ def note_refused(run_dir: str | Path, message: str) -> None:
     """A job of this launch refused its run directory (the directory's records are another run's)."""
     from hydra.core.hydra_config import HydraConfig
 
-    _note(HydraConfig.get().sweep.dir, {"dir": str(Path(run_dir)), "refused": message})
+    hc = HydraConfig.get()
+    _note(hc.sweep.dir, {"dir": str(Path(run_dir)), "job": int(hc.job.num), "refused": message})
 
 
-def launch_jobs(sweep_dir: str | Path, launch: str) -> tuple[list[Path], set[Path]]:
-    """(run directories of the launch's jobs, those refused), in the order the jobs started."""
+def launch_jobs(sweep_dir: str | Path, launch: str) -> tuple[list[Path], int]:
+    """(run directories the launch's jobs trained or skipped, number of jobs refused)."""
     path = _launch_dir(sweep_dir, launch) / "jobs.jsonl"
-    jobs: dict[Path, None] = {}
-    refused = set()
+    started: dict[int, Path] = {}
+    refused: set[int] = set()
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        jobs[Path(rec["dir"])] = None
         if rec.get("refused"):
-            refused.add(Path(rec["dir"]))
-    return list(jobs), refused
+            refused.add(int(rec["job"]))
+        else:
+            started[int(rec["job"])] = Path(rec["dir"])
+    return list(dict.fromkeys(d for j, d in sorted(started.items()) if j not in refused)), len(refused)
 
 
 def _keep_multirun_yaml(sweep_dir: Path, launch: str) -> None:
@@ -171,14 +173,14 @@ class SweepReport(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         _keep_multirun_yaml(sweep_dir, os.environ[LAUNCH_ENV])
-        _note(sweep_dir, {"dir": str(Path(config.hydra.runtime.output_dir))})
+        _note(sweep_dir, {"dir": str(Path(config.hydra.runtime.output_dir)), "job": int(config.hydra.job.num)})
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         launch = getattr(self, "_launch", None) or os.environ.get(LAUNCH_ENV, "")
         _keep_multirun_yaml(sweep_dir, launch)
         jobs, refused = launch_jobs(sweep_dir, launch)
-        roots = [d.resolve() for d in jobs if d not in refused]
+        roots = [d.resolve() for d in jobs]
         everything = load_summaries(sweep_dir)
         summaries = [s for s in everything if _under(s["_dir"], roots)]
         earlier = [s for s in everything if not _under(s["_dir"], roots)]
@@ -207,7 +209,7 @@ class SweepReport(Callback):
         skipped = [s for s in summaries if s.get("status") == "complete" and s["_mtime"] < t0]
         fresh = [s for s in summaries if not (s.get("status") == "complete" and s["_mtime"] < t0)]
         print(f"comparison written to {sweep_dir / 'comparison.md'}")
-        print(count_line(fresh, len(skipped), len(refused)))
+        print(count_line(fresh, len(skipped), refused))
         config_errors = config_error_messages(fresh)
         for msg in config_errors:
             print(f"archcmp-train: error: {msg}", file=sys.stderr)

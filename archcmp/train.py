@@ -204,10 +204,7 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
         m = mem.s
         mem.tracker = NullTracker() if not primary else make_tracker(
             m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step, record_status=False,
-            **({} if m.logger.get("kind") != "wandb" else dict(
-                project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
-                mode=m.logger.get("mode", "offline"), name=m.run_name, group=m.experiment,
-                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train")))
+            **({} if m.logger.get("kind") != "wandb" else _wandb_options(m, mcfg, mem.run_dir, fresh=step == 0)))
         mem.base_key = jax.random.key(m.seed) if model_cfg.dropout > 0 else None
         mem.summary = {
             "arch": m.arch, "size": m.size, "task": m.task.name, "objective": m.objective, "seed": m.seed,
@@ -337,14 +334,22 @@ class _StopRequest:
 
 
 def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
-    """Restore a member's checkpoint; none readable -> one config-error line naming the directory."""
+    """Restore a member's checkpoint: an unreadable newest one -> one warning line per skipped step
+    and the fallback; none readable -> one config-error line naming the directory."""
+    import warnings
+
     from archcmp.run_config import ConfigError
 
-    try:
-        return ckpt.restore(step=step, target=target)
-    except FileNotFoundError as err:
-        raise ConfigError(f"train.resume=true: {str(err).splitlines()[0]}; relaunch with train.resume=false to "
-                          "train from the start (or train.overwrite=true to keep the old run aside)") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            out = ckpt.restore(step=step, target=target)
+        except FileNotFoundError as err:
+            raise ConfigError(f"train.resume=true: {str(err).splitlines()[0]}; relaunch with train.resume=false "
+                              "to train from the start (or train.overwrite=true to keep the old run aside)") from None
+    for w in caught:
+        print(f"archcmp-train: warning: {w.message}", file=sys.stderr)
+    return out
 
 
 def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
@@ -387,6 +392,30 @@ def _plain(cfg: Any) -> Any:
         return OmegaConf.to_container(cfg, resolve=True) if hasattr(cfg, "_get_node") else cfg
     except Exception:  # noqa: BLE001 - a config that cannot be resolved is logged as-is
         return cfg
+
+
+def _wandb_options(m: Any, mcfg: Any, run_dir: Path, fresh: bool) -> dict:
+    """``make_tracker`` arguments of a member's wandb run: its stable id (a new one when the run
+    starts again from step 0 with ``train.resume=false``), ``resume="allow"``, and its group:
+    ``logger.group``, else ``experiment_name``, else (a sweep left at ``default``) the sweep
+    directory's name."""
+    from archcmp.track import to_jsonable
+    from archcmp.track_wandb import stable_run_id
+
+    group = m.logger.get("group") or (m.experiment if m.experiment != "default" else None)
+    if group is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()
+            group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else m.experiment
+        except ValueError:  # not under Hydra
+            group = m.experiment
+    return dict(project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
+                mode=m.logger.get("mode", "offline"), name=m.run_name, group=group,
+                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train",
+                run_id=stable_run_id(run_dir, renew=fresh and not m.train.resume), resume="allow")
 
 
 def _resolved(cfg: Any) -> dict:
