@@ -149,6 +149,8 @@ class WandbTracker(_TrackerBase):
       ``init_timeout`` for online mode.
     """
 
+    _floor = 0  # steps <= this are in the wandb run already (see resume_from)
+
     def __init__(
         self,
         project: str = "archcmp",
@@ -171,7 +173,6 @@ class WandbTracker(_TrackerBase):
         self.run = None
         self._warned = False
         self._last_step = 0
-        self._floor = 0  # steps <= this are in the wandb run already (see resume_from)
         self._dir = None if dir is None else Path(dir)
         self.run_id: str | None = None  # kept after finish
         self.run_dir: Path | None = None  # wandb's own dir: .../wandb/offline-run-* or run-*

@@ -23,6 +23,7 @@ RUN = "decoder-nano-addition-s0"
 
 def _cli(args, cwd, env=None, timeout=600):
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
     return subprocess.run([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -205,14 +206,16 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
     assert 10 < killed_at < 40, killed_at
     run_id = json.loads((run_dir / "wandb.json").read_text())["id"]
 
-    out = _cli(args, tmp_path, env={"WANDB_MODE": ""})
+    out = _cli(args, tmp_path, env={"WANDB_MODE": None})
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from"] == 10
     assert json.loads((run_dir / "wandb.json").read_text())["id"] == run_id  # the same wandb run
-    files = sorted(run_dir.glob("wandb/*/run-*.wandb"))
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files), files  # one id, two processes
-    time.sleep(2)
+    deadline = time.monotonic() + 30  # wandb-core may flush after the process returned
+    while len(_history_steps(run_dir, run_id)) < 40 and time.monotonic() < deadline:
+        time.sleep(0.2)
     steps = _history_steps(run_dir, run_id)
     assert sorted(steps) == list(range(1, 41)), steps  # every logged step, exactly once
     logged = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r}
