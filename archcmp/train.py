@@ -282,7 +282,7 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
             status = "complete"
         except BaseException as exc:  # recorded in the summary, then re-raised
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if stop.requested and ts.checkpoint_every and step > 0:  # state, step and data position agree
+            if stop.requested and not stop.forced and ts.checkpoint_every and step > 0:  # between steps: consistent
                 save()
             error = _error_fields(exc)
             raise
@@ -314,7 +314,7 @@ class _StopRequest:
     def __init__(self):
         import signal
 
-        self.requested, self._previous = False, None
+        self.requested, self.forced, self._previous = False, False, None
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread
@@ -322,6 +322,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            self.forced = True  # mid-step: the state may be half-updated, nothing is saved
             raise KeyboardInterrupt
         self.requested = True
 
@@ -497,12 +498,24 @@ def _error_fields(err: BaseException) -> dict:
 def _record_failure(run_dir: str, err: BaseException) -> None:
     """Make sure a failed run leaves a summary saying so (train() writes one once it started)."""
     from archcmp.hosts import is_primary
-    from archcmp.track import JsonlTracker
-
-    from archcmp.ensemble import member_dirs
+    from archcmp.identity import RunLock, RunRefused
 
     if not is_primary():  # multi-process: process 0 records it
         return
+    try:  # a directory another process is writing is not ours to record in
+        lock = RunLock(Path(run_dir)).acquire()
+    except RunRefused:
+        return
+    try:
+        _record_in(run_dir, err)
+    finally:
+        lock.release()
+
+
+def _record_in(run_dir: str, err: BaseException) -> None:
+    from archcmp.ensemble import member_dirs
+    from archcmp.track import JsonlTracker
+
     for d in member_dirs(run_dir):  # the run itself, or the members of a train.num_seeds=k group
         tracker = JsonlTracker(d, record_status=False)
         summary = tracker.read_summary()
