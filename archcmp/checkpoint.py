@@ -176,7 +176,6 @@ class Checkpointer:
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 msg = f"checkpoint step {s} in {self.directory} is unreadable ({type(e).__name__}); trying older"
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                log.warning(msg)
                 continue
             return result
         raise FileNotFoundError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(errors))

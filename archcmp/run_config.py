@@ -35,6 +35,20 @@ def _pos_int(cfg, path: str, allow_zero: bool = False) -> int:
     return value
 
 
+def _bool(cfg, path: str) -> bool:
+    """A real true/false: Hydra reads ``true``/``false`` as bools, so any other value (``no``, ``0``,
+    ``"false"``) is refused rather than coerced (``bool("no")`` is True)."""
+    value = _get(cfg, path)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}={value!r}: must be true or false")
+    return value
+
+
+LOGGER_KINDS = ("none", "jsonl", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+DEVICE_NAMES = ("cpu", "gpu", "tpu")
+
+
 def _pos_float(cfg, path: str, allow_zero: bool = False) -> float:
     value = _get(cfg, path)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
@@ -57,6 +71,7 @@ class TrainSettings:
     skip_complete: bool
     progress: bool
     num_seeds: int
+    overwrite: bool = False  # move an existing run with other settings aside (archcmp.identity)
     tokens_per_param: float | None = None
     flops: float | None = None
     eval_train_examples: int = 0  # training examples also scored at each evaluation (0 = off)
@@ -120,6 +135,31 @@ class RunSettings:
         return ModelConfig.from_mapping(values)
 
 
+def parse_logger(cfg: Mapping[str, Any]) -> dict:
+    """The logger group, typed: kind, and for wandb the project/entity strings and the mode."""
+    logger = dict(cfg.get("logger") or {"kind": "jsonl"})
+    if logger.get("kind") not in LOGGER_KINDS:
+        raise ConfigError(f"logger.kind={logger.get('kind')!r}: choose one of {list(LOGGER_KINDS)}")
+    known = {"kind"} | ({"project", "entity", "mode", "group"} if logger["kind"] == "wandb" else set())
+    for key in sorted(set(logger) - known):
+        raise ConfigError(f"logger.{key}={logger[key]!r}: unknown key for logger={logger['kind']}; "
+                          f"known keys: {sorted(known)}")
+    if logger["kind"] == "wandb":
+        if logger.get("mode", "offline") not in WANDB_MODES:
+            raise ConfigError(f"logger.mode={logger.get('mode')!r}: choose one of {list(WANDB_MODES)}")
+        for key in ("project", "entity", "group"):
+            if logger.get(key) is not None and not isinstance(logger[key], str):
+                raise ConfigError(f"logger.{key}={logger[key]!r}: must be a string")
+    return logger
+
+
+def parse_launcher(hydra_launcher: Mapping[str, Any]) -> None:
+    """Hydra's launcher node (``launcher=`` group): local parallel job count must be a positive int."""
+    n_jobs = hydra_launcher.get("n_jobs") if hydra_launcher else None
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1):
+        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: must be a positive integer")
+
+
 def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
     """Validate the composed config. Returns (settings, the size's shape for this arch)."""
     from omegaconf import OmegaConf
@@ -149,9 +189,10 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
         grad_accum=_pos_int(cfg, f"{t}.grad_accum"), eval_every=_pos_int(cfg, f"{t}.eval_every"),
         eval_examples=_pos_int(cfg, f"{t}.eval_examples"), eval_batch_size=_pos_int(cfg, f"{t}.eval_batch_size"),
         log_every=_pos_int(cfg, f"{t}.log_every"), checkpoint_every=_pos_int(cfg, f"{t}.checkpoint_every", True),
-        keep_checkpoints=_pos_int(cfg, f"{t}.keep_checkpoints"), resume=bool(_get(cfg, f"{t}.resume")),
-        skip_complete=bool(_get(cfg, f"{t}.skip_complete")), progress=bool(_get(cfg, f"{t}.progress")),
-        num_seeds=_pos_int(cfg, f"{t}.num_seeds"))
+        keep_checkpoints=_pos_int(cfg, f"{t}.keep_checkpoints"), resume=_bool(cfg, f"{t}.resume"),
+        skip_complete=_bool(cfg, f"{t}.skip_complete"), progress=_bool(cfg, f"{t}.progress"),
+        num_seeds=_pos_int(cfg, f"{t}.num_seeds"),
+        overwrite=_bool(cfg, f"{t}.overwrite") if "overwrite" in cfg["train"] else False)
     budgets = {}
     for key in ("tokens_per_param", "flops"):
         if cfg["train"].get(key) is not None:
@@ -178,15 +219,20 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
     enc_len = cfg["task"].get("enc_len")
     task = TaskSettings(name=_get(cfg, "task.name"), params=dict(cfg["task"].get("params") or {}),
                         seq_len=_pos_int(cfg, "task.seq_len"), enc_len=enc_len)
-    logger = dict(cfg.get("logger") or {"kind": "jsonl"})
-    if logger.get("kind") not in ("none", "jsonl", "wandb"):
-        raise ConfigError(f"logger.kind={logger.get('kind')!r}: choose one of ['none', 'jsonl', 'wandb']")
+    logger = parse_logger(cfg)
+    device_name = (cfg.get("device") or {}).get("name", "cpu")
+    if device_name not in DEVICE_NAMES:
+        raise ConfigError(f"device.name={device_name!r}: choose one of {list(DEVICE_NAMES)}")
     settings = RunSettings(
         seed=seed, arch=arch, size=str(_get(cfg, "size.name")), objective=str(_get(cfg, "arch.objective")),
         loss_on=cfg["arch"].get("loss_on"), experiment=str(cfg.get("experiment_name", "default")),
         run_name=str(cfg.get("run_name", "run")), task=task, train=train, optim=optim, logger=logger,
-        model_overrides=dict(cfg.get("model") or {}), reference_shape=dict(shapes.get("decoder", shapes[arch])),
+        model_overrides={k: v for k, v in (cfg.get("model") or {}).items() if v is not None}, reference_shape=dict(shapes.get("decoder", shapes[arch])),
         mesh=parse_mesh(cfg), device=parse_device(cfg), distributed=parse_distributed(cfg))
+    try:  # every model field checked now, as a config error (the vocabulary size comes later, from the task)
+        settings.model_config(128, shapes[arch])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if train.num_seeds > 1:  # k models vmapped on one device (archcmp.ensemble)
         for axis in ("data", "fsdp", "tensor"):
             if getattr(settings.mesh, axis) > 1:

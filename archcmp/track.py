@@ -289,7 +289,10 @@ def make_tracker(
         from archcmp.track_wandb import WandbTracker
 
         wandb_kwargs.setdefault("dir", run_dir)
-        trackers.append(WandbTracker(**wandb_kwargs))
+        wb = WandbTracker(**wandb_kwargs)
+        if wandb_kwargs.get("run_id") and run_dir is not None:  # a relaunch continues its wandb run
+            wb.resume_from(read_jsonl(Path(run_dir) / JsonlTracker.METRICS), resume_step or 0)
+        trackers.append(wb)
     if not trackers:
         return NullTracker()
     if len(trackers) == 1:

@@ -3,24 +3,123 @@
 :class:`WandbTracker` logs metrics, the summary and files to a wandb run, ``mode="offline"`` by
 default. Any wandb failure (import, init, network, logging) warns once and turns the tracker into
 a no-op: tracking must never stop training. :func:`archcmp.track.make_tracker` builds it for
-``logger.kind=wandb``; the analysis commands build their own.
+``logger.kind=wandb``; the analysis commands build their own (:mod:`archcmp.analysis.wandb_log`).
+
+Resuming. A training run keeps one wandb run id for its whole life (:func:`stable_run_id`, stored
+in ``<run dir>/wandb.json``) and opens it with ``resume="allow"``, so a relaunch continues the same
+wandb run. Offline, every process writes its own ``wandb/offline-run-<time>-<id>/run-<id>.wandb``
+(``wandb sync`` joins them by id), and wandb-core buffers: a process killed with SIGKILL may leave
+none of its steps in its file. :meth:`WandbTracker.resume_from` therefore reads what the earlier
+files of this id hold (or, online, where the server's history ends), re-logs the missing steps
+from ``metrics.jsonl`` (the run's flushed-per-line record) and drops later logs of steps wandb
+already has (a resumed run replays the steps after its last checkpoint bit-exactly). Every step
+thus reaches wandb exactly once per run id.
+
+``WANDB_MODE`` in the environment wins over ``logger.mode`` / ``--wandb-mode``; when they
+disagree one warning line says so (:func:`resolve_mode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import secrets
+import struct
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from archcmp.track import _TrackerBase, to_jsonable
+from archcmp.track import _TrackerBase, _atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
 
 # Files that log_files turns into wandb media rather than saving as plain run files.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif"}
 TABLE_SUFFIXES = {".csv", ".tsv"}
+
+
+MODES = ("online", "offline", "disabled")
+ID_FILE = "wandb.json"
+_told: set[tuple[str, str]] = set()
+
+
+def resolve_mode(configured: str) -> str:
+    """The wandb mode to use: the environment's ``WANDB_MODE`` when set (one warning line when it
+    differs from the configured one), else ``configured``."""
+    env = os.environ.get("WANDB_MODE")
+    if not env or env == configured:
+        return configured
+    if env not in MODES:
+        if ("bad", env) not in _told:
+            _told.add(("bad", env))
+            print(f"archcmp: warning: WANDB_MODE={env!r} is not one of {list(MODES)}; using mode={configured}",
+                  file=sys.stderr)
+        return configured
+    if (env, configured) not in _told:
+        _told.add((env, configured))
+        print(f"archcmp: warning: WANDB_MODE={env} in the environment wins over the configured wandb mode "
+              f"{configured!r}", file=sys.stderr)
+    return env
+
+
+def stable_run_id(run_dir: str | Path, *, renew: bool = False) -> str:
+    """The wandb run id of a run directory, made at its first launch and kept in ``wandb.json``
+    (``renew``: a fresh id, for a run trained again from step 0 with ``train.resume=false``)."""
+    path = Path(run_dir) / ID_FILE
+    if path.exists() and not renew:
+        return str(json.loads(path.read_text())["id"])
+    run_id = secrets.token_hex(6)  # 12 of [0-9a-f]: valid in wandb run ids and paths
+    _atomic_write_json(path, {"id": run_id})
+    return run_id
+
+
+def offline_records(path: Path):
+    """The protobuf records of an offline ``.wandb`` file, in order (an incomplete tail is ignored).
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk
+    ``crc32c:u32 length:u16 kind:u8`` + payload, where kind 1 is a whole record and 2/3/4 the
+    first/middle/last piece of one split across blocks."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 1 << 15
+    pos, parts = 7, []
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:  # block tail too short for a chunk header: padding
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        if (kind, length) == (0, 0):  # zero padding up to the next block
+            pos += room
+            continue
+        end = pos + 7 + length
+        if end > len(data):  # still being written
+            return
+        chunk, pos = data[pos + 7:end], end
+        parts = [chunk] if kind in (1, 2) else parts + [chunk]
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            yield record
+
+
+def offline_last_step(root: Path, run_id: str, skip: Path | None = None) -> int:
+    """The highest history step any offline file of ``run_id`` under ``root`` holds (0: none)."""
+    last = 0
+    for path in Path(root).glob(f"wandb/*-{run_id}/run-{run_id}.wandb"):
+        if skip is not None and path.parent.resolve() == skip.resolve():
+            continue
+        for record in offline_records(path):
+            if record.WhichOneof("record_type") != "history":
+                continue
+            for item in record.history.item:
+                if (item.key or ".".join(item.nested_key)) == "_step":
+                    last = max(last, int(json.loads(item.value_json)))
+    return last
 
 
 def _plain_config(config: Any) -> Any:
@@ -50,6 +149,8 @@ class WandbTracker(_TrackerBase):
       ``init_timeout`` for online mode.
     """
 
+    _floor = 0  # steps <= this are in the wandb run already (see resume_from)
+
     def __init__(
         self,
         project: str = "archcmp",
@@ -72,6 +173,7 @@ class WandbTracker(_TrackerBase):
         self.run = None
         self._warned = False
         self._last_step = 0
+        self._dir = None if dir is None else Path(dir)
         self.run_id: str | None = None  # kept after finish
         self.run_dir: Path | None = None  # wandb's own dir: .../wandb/offline-run-* or run-*
         try:
@@ -92,7 +194,7 @@ class WandbTracker(_TrackerBase):
             fields = getattr(wandb.Settings, "model_fields", {})  # drop settings this version lacks
             settings = wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
             self.run = wandb.init(
-                project=project, entity=entity, mode=mode, name=name, group=group,
+                project=project, entity=entity, mode=resolve_mode(mode), name=name, group=group,
                 tags=[str(t) for t in tags] if tags else None, config=_plain_config(config),
                 dir=str(dir) if dir is not None else None, job_type=job_type,
                 id=run_id, resume=resume, reinit=reinit, settings=settings,
@@ -128,9 +230,28 @@ class WandbTracker(_TrackerBase):
         except Exception as e:  # noqa: BLE001
             self._fail(what, e)
 
+    def resume_from(self, rows: list[Mapping[str, Any]], resume_step: int) -> None:
+        """Continue a run after a relaunch: log the rows of ``metrics.jsonl`` up to ``resume_step``
+        that the wandb run does not hold yet, and drop future logs of steps it does hold."""
+        if self.run is None:
+            return
+        have = 0
+        if getattr(self.run, "resumed", False):  # online: the server's history ends before starting_step
+            have = max(have, int(getattr(self.run, "starting_step", 0) or 0) - 1)
+        if self._dir is not None:
+            try:
+                have = max(have, offline_last_step(self._dir, self.run_id, skip=self.run_dir))
+            except Exception as e:  # noqa: BLE001 - unreadable earlier file: re-log everything
+                log.warning("reading earlier offline wandb files failed (%s)", e)
+        for row in rows:
+            step = int(row.get("step", 0))
+            if have < step <= resume_step:
+                self.log(row, step)
+        self._floor = have
+
     # -- Tracker API
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        if self.run is None:
+        if self.run is None or int(step) <= self._floor:
             return
         data = {str(k): to_jsonable(v) for k, v in metrics.items() if k != "step"}
         self._last_step = max(self._last_step, int(step))

@@ -8,6 +8,7 @@ whose summary says ``complete`` is skipped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -44,18 +45,56 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train(cfg: Any, run_dir: str | Path) -> dict:
+def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     """Train one run described by the composed config; returns its summary (also on disk).
 
     ``train.num_seeds=k > 1`` trains the members seed..seed+k-1 together in one vmapped step
     (see :mod:`archcmp.ensemble`), each with its own run directory ``run_dir/<member run_name>/``;
     the result is then the group's summary with the members' summaries under ``"members"``.
+
+    Before anything is written, every run directory is locked (one writer) and its recorded
+    identity compared with this config's (:mod:`archcmp.identity`); a mismatch raises
+    :class:`archcmp.identity.RunRefused` and leaves the directory untouched. ``on_accept(run_dir)``
+    is called once the directories are claimed (the Hydra entry point writes ``.hydra/`` there).
     """
+    from archcmp import ensemble, identity
+    from archcmp.run_config import parse
+
+    run_dir = Path(run_dir)
+    s, shape = parse(cfg)
+    k = s.train.num_seeds
+    # The members: this run itself (k=1), or seed+i in run_dir/<its run_name>/ (k>1).
+    member_cfgs = [cfg] if k == 1 else ensemble.member_configs(cfg, s.seed, k)
+    settings = [s] if k == 1 else [parse(c)[0] for c in member_cfgs]
+    dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
+    resolved = [_resolved(c) for c in member_cfgs]
+    locks: list = []
+    try:
+        for d in dict.fromkeys([run_dir, *dirs]):  # the group directory too (k>1)
+            locks.append(identity.RunLock(d).acquire())
+        idents = []
+        for d, r in zip(dirs, resolved):
+            if s.train.overwrite:
+                aside = identity.move_aside(d)
+                if aside is not None:
+                    print(f"archcmp-train: train.overwrite=true: moved the earlier run {d} to {aside}", file=sys.stderr)
+            idents.append(identity.check(d, r))
+        if s.train.overwrite and k > 1:
+            (run_dir / ensemble.GROUP_FILE).unlink(missing_ok=True)
+        return _train(cfg, run_dir, s, shape, member_cfgs, settings, dirs, idents, on_accept)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, settings: list, dirs: list[Path],
+           idents: list[dict], on_accept: Any) -> dict:
+    """The run itself, once its directories are claimed (see :func:`train`)."""
     _quiet_libraries()
     import jax
     from flax import nnx
 
-    from archcmp import ensemble
+    from archcmp import ensemble, identity
     from archcmp.accounting import count_params, train_flops_per_row
     from archcmp.checkpoint import Checkpointer
     from archcmp.data import BatchIterator, eval_batches, make_formatter, make_task
@@ -64,20 +103,13 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     from archcmp.data import vocab
     from archcmp.models import build_model
     from archcmp.optim import make_optimizer, schedule
-    from archcmp.run_config import ConfigError, parse
+    from archcmp.run_config import ConfigError
     from archcmp.members import Member, next_batches
     from archcmp.track import JsonlTracker, NullTracker, make_tracker, read_summary, to_jsonable
     from archcmp import hosts
     from archcmp.sharding import make_placement
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    s, shape = parse(cfg)
     ts, k = s.train, s.train.num_seeds
-    # The members: this run itself (k=1), or seed+i in run_dir/<its run_name>/ (k>1).
-    member_cfgs = [cfg] if k == 1 else ensemble.member_configs(cfg, s.seed, k)
-    settings = [s] if k == 1 else [parse(c)[0] for c in member_cfgs]
-    dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
     previous = [read_summary(d) for d in dirs]
     if ts.skip_complete and all(p.get("status") == "complete" for p in previous):
         return ensemble.result(s, [{**p, "skipped": True} for p in previous])
@@ -88,15 +120,18 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     ensemble.check_placement(k, place)
     primary = hosts.is_primary()  # only process 0 writes run records and talks to wandb
     if primary:
-        for d, mcfg in zip(dirs, member_cfgs):
-            _write_resolved_config(d, mcfg)
+        if on_accept is not None:
+            on_accept(run_dir)
 
     # ---- data and model (all validated before anything compiles) ------------------------
     try:
         task = make_task(s.task.name, **s.task.params)
     except ValueError as err:
         raise ConfigError(f"task={s.task.name!r}: {err}") from None
-    model_cfg = s.model_config(task.tokenizer.vocab_size, shape)
+    try:
+        model_cfg = s.model_config(task.tokenizer.vocab_size, shape)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     T, S = s.task.seq_len, (s.task.enc_len or s.task.seq_len)
     if max(T, S if s.arch == "encdec" else 0) > model_cfg.max_len:
         raise ConfigError(f"model.max_len={model_cfg.max_len}: shorter than task.seq_len={T}")
@@ -143,6 +178,10 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     for m in settings:  # every member initialised exactly as its own num_seeds=1 run would be
         graphdef, params = nnx.split(build_model(model_cfg, m.seed))
         states.append(place.put({"params": params, "opt_state": tx.init(params)}))  # sharded on a mesh
+    if primary:  # validated: the directories now belong to these settings
+        for d, mcfg, ident in zip(dirs, member_cfgs, idents):
+            identity.write(d, ident)
+            _write_resolved_config(d, mcfg)
     if k > 1 and primary:
         ensemble.write_group_record(run_dir, s, [d.name for d in dirs], member_cfgs)
 
@@ -154,7 +193,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     step, resume_at = 0, ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
     if resume_at is not None:
         for i, mem in enumerate(members):
-            states[i], meta = mem.ckpt.restore(step=None if k == 1 else resume_at, target=states[i])
+            states[i], meta = _restore(mem.ckpt, None if k == 1 else resume_at, states[i])
             mem.data.restore(meta["data"])
             mem.position = mem.data.state()
             step, mem.counters, mem.resumed_from = int(meta["step"]), dict(meta["counters"]), int(meta["step"])
@@ -165,10 +204,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
         m = mem.s
         mem.tracker = NullTracker() if not primary else make_tracker(
             m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step, record_status=False,
-            **({} if m.logger.get("kind") != "wandb" else dict(
-                project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
-                mode=m.logger.get("mode", "offline"), name=m.run_name, group=m.experiment,
-                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train")))
+            **({} if m.logger.get("kind") != "wandb" else _wandb_options(m, mcfg, mem.run_dir, fresh=step == 0)))
         mem.base_key = jax.random.key(m.seed) if model_cfg.dropout > 0 else None
         mem.summary = {
             "arch": m.arch, "size": m.size, "task": m.task.name, "objective": m.objective, "seed": m.seed,
@@ -194,6 +230,8 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
     status, error = "failed", {"error": None, "error_kind": None}
     pbar = _progress(ts, total_steps, step)
     t_start = time.perf_counter()
+    ran = 0  # steps run by this process: its first one includes compilation (also after a resume)
+    stop = _StopRequest()  # Ctrl-C: finish the running step, save, record "interrupted"
     # The trackers close last, after the finished summary (status included) has reached them.
     with contextlib.ExitStack() as trackers:
         for mem in members:
@@ -201,6 +239,8 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
         try:
             upcoming = next_batches(members, ts.grad_accum) if step < total_steps else None
             while step < total_steps:
+                if stop.requested:
+                    raise KeyboardInterrupt(f"interrupted at step {step}")
                 t0 = time.perf_counter()
                 batches, tokens, positions = upcoming
                 keys = [None if mem.base_key is None else jax.random.fold_in(mem.base_key, step) for mem in members]
@@ -214,14 +254,14 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                             f"non-finite loss or gradient at step {step + 1} (loss={float(m['train_loss'])}"
                             f"{'' if k == 1 else ', member ' + mem.s.run_name}); the last good checkpoint is step "
                             f"{mem.ckpt.latest_step()}: lower optimizer.lr or raise optimizer.warmup_steps")
-                step += 1
+                step, ran = step + 1, ran + 1
                 for mem, position in zip(members, positions):
                     mem.position = position  # what checkpoints and the summary record: consumed data only
                 dt = time.perf_counter() - t0
                 for mem, m, n_tokens in zip(members, ms, tokens):
                     mem.counters["train_tokens"] += n_tokens
                     mem.counters["train_seconds"] += dt
-                    if step > 1:  # the first step includes compilation
+                    if ran > 1:  # the first step of this process includes compilation
                         mem.steady_tokens, mem.steady_time = mem.steady_tokens + n_tokens, mem.steady_time + dt
                     if step % ts.log_every == 0 or step == total_steps:
                         mem.tracker.log({"train_loss": float(m["train_loss"]),
@@ -242,9 +282,12 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
             status = "complete"
         except BaseException as exc:  # recorded in the summary, then re-raised
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            if stop.requested and not stop.forced and ts.checkpoint_every and step > 0:  # between steps: consistent
+                save()
             error = _error_fields(exc)
             raise
         finally:
+            stop.restore()
             pbar.close()
             for mem in members:
                 mem.ckpt.close()
@@ -262,6 +305,52 @@ def train(cfg: Any, run_dir: str | Path) -> dict:
                     JsonlTracker(mem.run_dir, record_status=False).log_summary(to_jsonable(mem.summary))
                     mem.tracker.log_summary(to_jsonable(mem.summary))
     return ensemble.result(s, [mem.summary for mem in members])
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) while training: remembered, acted on between steps (the loop then saves a
+    checkpoint and stops); a second Ctrl-C interrupts at once. Off the main thread: not installed."""
+
+    def __init__(self):
+        import signal
+
+        self.requested, self.forced, self._previous = False, False, None
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.forced = True  # mid-step: the state may be half-updated, nothing is saved
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
+    """Restore a member's checkpoint: an unreadable newest one -> one warning line per skipped step
+    and the fallback; none readable -> one config-error line naming the directory."""
+    import warnings
+
+    from archcmp.run_config import ConfigError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            out = ckpt.restore(step=step, target=target)
+        except FileNotFoundError as err:
+            raise ConfigError(f"train.resume=true: {str(err).splitlines()[0]}; relaunch with train.resume=false "
+                              "to train from the start (or train.overwrite=true to keep the old run aside)") from None
+    for w in caught:
+        print(f"archcmp-train: warning: {w.message}", file=sys.stderr)
+    return out
 
 
 def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
@@ -306,13 +395,41 @@ def _plain(cfg: Any) -> Any:
         return cfg
 
 
+def _wandb_options(m: Any, mcfg: Any, run_dir: Path, fresh: bool) -> dict:
+    """``make_tracker`` arguments of a member's wandb run: its stable id (a new one when the run
+    starts again from step 0 with ``train.resume=false``), ``resume="allow"``, and its group:
+    ``logger.group``, else ``experiment_name``, else (a sweep left at ``default``) the sweep
+    directory's name."""
+    from archcmp.track import to_jsonable
+    from archcmp.track_wandb import stable_run_id
+
+    group = m.logger.get("group") or (m.experiment if m.experiment != "default" else None)
+    if group is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()
+            group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else m.experiment
+        except ValueError:  # not under Hydra
+            group = m.experiment
+    return dict(project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
+                mode=m.logger.get("mode", "offline"), name=m.run_name, group=group,
+                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train",
+                run_id=stable_run_id(run_dir, renew=fresh and not m.train.resume), resume="allow")
+
+
+def _resolved(cfg: Any) -> dict:
+    """The config as plain values, every interpolation filled in, without Hydra's own node."""
+    return {k: v for k, v in dict(_plain(cfg)).items() if k != "hydra"}
+
+
 def _write_resolved_config(run_dir: Path, cfg: Any) -> None:
     """``run_dir/config.yaml``: the run's config with every interpolation filled in (Hydra's own
     ``.hydra/config.yaml`` keeps them, e.g. ``run_name: ${arch.name}-...``)."""
     from omegaconf import OmegaConf
 
-    plain = _plain(cfg)
-    plain = {k: v for k, v in dict(plain).items() if k != "hydra"}
+    plain = _resolved(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / ".config.yaml.tmp"
     OmegaConf.save(OmegaConf.create(plain), tmp)
@@ -328,7 +445,16 @@ def _progress(ts, total: int, initial: int):
 
 def check_overrides(argv: list[str]) -> str | None:
     """One-line message for an override naming a config group option that does not exist."""
+    from archcmp.config import ModelConfig
+
+    fields = sorted(f.name for f in dataclasses.fields(ModelConfig))
     for arg in argv:
+        key = arg.split("=", 1)[0]
+        if key.lstrip("+~").startswith("hydra/launcher"):
+            return (f"{key}: set the launcher with launcher=NAME (conf/launcher/, e.g. launcher=joblib), which "
+                    "also sets its n_jobs and CPU sharing; hydra/launcher= would skip them")
+        if key.lstrip("+~").startswith("model.") and key.lstrip("+~").split(".", 1)[1] not in fields:
+            return f"{key.lstrip('+~')}: unknown model config key; known keys: {fields}"
         if arg.startswith("~") and arg[1:].split("=")[0] in CONF_GROUPS and arg[1:].split("=")[0] != "experiment":
             return f"{arg[1:].split('=')[0]}: missing; it cannot be removed (choose one of conf/{arg[1:].split('=')[0]}/)"
         if "=" not in arg or arg.startswith(("hydra.", "+", "~", "-")):
@@ -348,6 +474,18 @@ def check_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def model_overrides(argv: list[str]) -> list[str]:
+    """``model.FIELD=VALUE`` (the README's form) as Hydra's add-or-override ``++model.FIELD=VALUE``:
+    the model group starts empty (fields left out take the arch/size values), so a plain override of
+    a key it does not hold would be refused by Hydra. ``+model.FIELD=`` keeps working."""
+    out = []
+    for arg in argv:
+        if arg.startswith(("model.", "+model.")) and "=" in arg:
+            arg = "++" + arg.lstrip("+")
+        out.append(arg)
+    return out
+
+
 def _error_fields(err: BaseException) -> dict:
     """How a failure goes into summary.json: ``error``, the text for people, and ``error_kind``,
     for programs (the sweep report): ``"config"`` for a bad setting, else the exception's class."""
@@ -360,12 +498,24 @@ def _error_fields(err: BaseException) -> dict:
 def _record_failure(run_dir: str, err: BaseException) -> None:
     """Make sure a failed run leaves a summary saying so (train() writes one once it started)."""
     from archcmp.hosts import is_primary
-    from archcmp.track import JsonlTracker
-
-    from archcmp.ensemble import member_dirs
+    from archcmp.identity import RunLock, RunRefused
 
     if not is_primary():  # multi-process: process 0 records it
         return
+    try:  # a directory another process is writing is not ours to record in
+        lock = RunLock(Path(run_dir)).acquire()
+    except RunRefused:
+        return
+    try:
+        _record_in(run_dir, err)
+    finally:
+        lock.release()
+
+
+def _record_in(run_dir: str, err: BaseException) -> None:
+    from archcmp.ensemble import member_dirs
+    from archcmp.track import JsonlTracker
+
     for d in member_dirs(run_dir):  # the run itself, or the members of a train.num_seeds=k group
         tracker = JsonlTracker(d, record_status=False)
         summary = tracker.read_summary()
@@ -373,19 +523,47 @@ def _record_failure(run_dir: str, err: BaseException) -> None:
             tracker.log_summary({**summary, "status": "failed", **_error_fields(err), "run_name": d.name})
 
 
+def _write_hydra_record(cfg: Any, run_dir: Path) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only once this process has
+    claimed the run directory (conf/config.yaml sets ``hydra.output_subdir: null`` so Hydra itself
+    writes nothing into a directory that may belong to another run or another writer)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    out = Path(run_dir) / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}), out / "hydra.yaml")
+    OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+
+
 def _hydra_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from archcmp.run_config import ConfigError
+    from archcmp.identity import RunRefused
+    from archcmp.run_config import ConfigError, parse_launcher
+    from archcmp.sweep import note_refused
 
     hc = HydraConfig.get()
-    n_jobs = hc.launcher.get("n_jobs") if "n_jobs" in hc.launcher else None
-    if n_jobs:
-        _set_cpu_threads(int(n_jobs), hc.sweep.dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        summary = train(cfg, hc.runtime.output_dir)
+        parse_launcher(hc.launcher)
+        n_jobs = hc.launcher.get("n_jobs") if "n_jobs" in hc.launcher else None
+        if n_jobs:
+            _set_cpu_threads(int(n_jobs), hc.sweep.dir)
+        summary = train(cfg, hc.runtime.output_dir, on_accept=lambda d: _write_hydra_record(cfg, d))
+    except RunRefused as err:  # nothing was written: no failure record either
+        print(f"archcmp-train: error: {err}", file=sys.stderr)
+        if multirun:
+            note_refused(hc.runtime.output_dir, str(err))
+            return
+        sys.exit(2)
+    except KeyboardInterrupt as err:
+        print(f"archcmp-train: {err or 'interrupted'} (run {hc.runtime.output_dir}: summary says interrupted, "
+              "last checkpoint kept); relaunch the same command to resume", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:  # noqa: BLE001 - recorded in summary.json; a sweep goes on
         _record_failure(hc.runtime.output_dir, err)
         if isinstance(err, ConfigError):
@@ -415,6 +593,7 @@ def main() -> None:
     if err:
         print(f"archcmp-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = model_overrides(sys.argv[1:])
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_hydra_task)()

@@ -187,3 +187,26 @@ def test_fit_arch_notes_name_degenerate_fits():
     notes = "; ".join(res.notes)
     assert "L(N,D) flagged: flat" in notes and "L(N) flagged:" in notes, notes
     assert "L(C) not fitted" in notes  # a flat curve's frontier keeps a single point
+
+
+def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(tmp_path, monkeypatch):
+    # the shared --wandb options (archcmp.analysis.wandb_log): one offline run with the table and plots
+    import time
+
+    from archcmp.track_wandb import offline_records
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    root = make_sweep(tmp_path / "sweep")
+    rc = scaling.run_cli([str(root), "--bootstrap", "2", "--grid", "coarse", "--wandb", "--wandb-mode", "offline"])
+    assert rc == 0
+    out = root / "analysis" / "scaling"
+    files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    deadline, logged = time.monotonic() + 30, set()
+    while not {"loss_vs_N", "isoflops", "table", "runs"} <= logged and time.monotonic() < deadline:
+        time.sleep(0.2)
+        logged = {(it.key or ".".join(it.nested_key)) for rec in offline_records(files[0])
+                  if rec.WhichOneof("record_type") == "history" for it in rec.history.item}
+    assert {"loss_vs_N", "loss_vs_D", "loss_vs_C", "isoflops", "table", "runs"} <= logged, logged
+    fits = pd.read_csv(out / "fits.csv")
+    assert set(fits.columns) >= {"decoder", "encoder"}

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from archcmp.analysis.wandb_log import add_options
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archcmp-analyze emergence", description=__doc__.split("\n\n")[0])
@@ -50,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode up to (longest answer + this) tokens, so over-long answers are visible")
     d.add_argument("--decode-seed", type=int, default=0, help="PRNG seed for --strategy sample")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--wandb", action="store_true", help="log tables and figures to Weights & Biases")
-    p.add_argument("--wandb-project", default="archcmp")
-    p.add_argument("--wandb-mode", default="offline", choices=("offline", "online", "disabled"))
+    add_options(p)
     return p
 
 

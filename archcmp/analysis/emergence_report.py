@@ -186,18 +186,14 @@ def plot_steps(long_df: pd.DataFrame, out: Path, metrics=("exact_match", "token_
 
 
 def log_wandb(args, res: dict, files: dict[str, Path], out: Path) -> None:
-    from archcmp.track_wandb import WandbTracker
+    from archcmp.analysis.wandb_log import log_outputs
 
-    tracker = WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"emergence-analysis-{out.name}",
-                           group="emergence", job_type="analysis", dir=out,
-                           config={"paths": [str(p) for p in args.paths], "examples": args.examples,
-                                   "split": args.split, "strategy": args.strategy, "steps": args.steps})
-    with tracker:
-        summary = {}
-        for _, r in res["smooth"].iterrows():
-            summary[f"breakthroughness/{r['arch']}/{r['metric']}"] = r["breakthroughness"]
-        final = _final(res["long"])
-        for _, r in final[final["metric"].isin(METRICS)].iterrows():
-            summary[f"{r['metric']}/{r['arch']}/{r['size']}"] = r["mean"]
-        tracker.log_summary(summary)
-        tracker.log_files(files)
+    summary = {}
+    for _, r in res["smooth"].iterrows():
+        summary[f"breakthroughness/{r['arch']}/{r['metric']}"] = r["breakthroughness"]
+    final = _final(res["long"])
+    for _, r in final[final["metric"].isin(METRICS)].iterrows():
+        summary[f"{r['metric']}/{r['arch']}/{r['size']}"] = r["mean"]
+    log_outputs(args, "emergence", out, files, summary=summary,
+                config={"paths": [str(p) for p in args.paths], "examples": args.examples, "split": args.split,
+                        "strategy": args.strategy, "steps": args.steps})

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from archcmp.analysis.wandb_log import add_options, log_outputs
+
 from archcmp.analysis.emergence_plots import ARCH_ORDER, markdown_table, plot_grokking
 
 
@@ -36,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grok-delay", type=float, default=2.0,
                    help="val/train step ratio from which generalisation counts as delayed (default 2)")
     p.add_argument("--linear-x", action="store_true", help="linear step axis (default log)")
-    p.add_argument("--wandb", action="store_true", help="log the table and figures to Weights & Biases")
-    p.add_argument("--wandb-project", default="archcmp")
-    p.add_argument("--wandb-mode", default="offline", choices=("offline", "online", "disabled"))
+    add_options(p)
     return p
 
 
@@ -148,13 +148,10 @@ def run_cli(argv: list[str]) -> int:
             markdown_table(table.drop(columns="run"), index=False, floatfmt=".4g"), ""]
     (out / "table.md").write_text("\n".join(text))
     if args.wandb:
-        from archcmp.track_wandb import WandbTracker
-
-        with WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"grokking-analysis-{out.name}",
-                          group="grokking", job_type="analysis", dir=out) as tracker:
-            tracker.log_summary({f"{r['arch']}/wd{r['weight_decay']:g}/final_val_acc": r["final_val_acc"]
-                                 for _, r in table.iterrows()})
-            tracker.log_files({"curves": out / "curves.csv", "grokking": out / "grokking.png",
-                               "grokking_loss": out / "grokking_loss.png", "table_md": out / "table.md"})
+        log_outputs(args, "grokking", out,
+                    {"curves": out / "curves.csv", "grokking": out / "grokking.png",
+                     "grokking_loss": out / "grokking_loss.png", "table_md": out / "table.md"},
+                    summary={f"{r['arch']}/wd{r['weight_decay']:g}/final_val_acc": r["final_val_acc"]
+                             for _, r in table.iterrows()})
     print(f"grokking: {table['run'].nunique()} runs; wrote {out}/table.md, curves.csv and figures")
     return 0

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from archcmp.analysis.wandb_log import add_options, log_outputs
+
 from archcmp.analysis.rank_report import write_table
 
 
@@ -46,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default="l1inf", choices=("l1inf", "fro"), help="rank-collapse residual norm")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OpenBLAS threads for the SVDs (default 1: fastest for small matrices; 0 = leave as is)")
-    p.add_argument("--wandb", action="store_true", help="log table and figures to Weights & Biases")
-    p.add_argument("--wandb-project", default="archcmp")
-    p.add_argument("--wandb-mode", default="offline", choices=("offline", "online", "disabled"))
+    add_options(p)
     return p
 
 
@@ -371,16 +371,11 @@ def make_figures(attn: pd.DataFrame, coll: pd.DataFrame, infos: list[dict], out:
 
 
 def log_wandb(args, figs: dict[str, Path], out: Path, infos: list[dict], timing: dict) -> None:
-    from archcmp.track_wandb import WandbTracker
-
-    tracker = WandbTracker(project=args.wandb_project, mode=args.wandb_mode, name=f"rank-analysis-{out.name}",
-                           group="rank", job_type="analysis", dir=out,
-                           config={"paths": [str(p) for p in args.paths], "examples": args.examples,
-                                   "runs": [i["run"] for i in infos]})
-    with tracker:
-        tracker.log_summary({"matrices": timing["matrices"], "matrices_per_second":
-                             timing["matrices"] / max(timing["metric_seconds"], 1e-9)})
-        tracker.log_files({**figs, "table_md": out / "table.md"})
+    log_outputs(args, "rank", out, {**figs, "table_md": out / "table.md"},
+                summary={"matrices": timing["matrices"],
+                         "matrices_per_second": timing["matrices"] / max(timing["metric_seconds"], 1e-9)},
+                config={"paths": [str(p) for p in args.paths], "examples": args.examples,
+                        "runs": [i["run"] for i in infos]})
 
 
 # ----------------------------------------------------------------------------- entry

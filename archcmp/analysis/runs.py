@@ -65,6 +65,12 @@ def load_runs(paths, *, check_fingerprints: bool = True) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def is_set_aside(name: str) -> bool:
+    from archcmp.identity import ASIDE_MARK
+
+    return ASIDE_MARK in name
+
+
 def find_run_dirs(root: Path) -> list[Path]:
     """Directories under (and including) ``root`` that contain ``summary.json``, sorted."""
     root = Path(root)
@@ -74,7 +80,9 @@ def find_run_dirs(root: Path) -> list[Path]:
         root = root.parent
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", ".hydra", "analysis"))
+        # runs moved aside by train.overwrite=true (<run>.old-<timestamp>) are not part of the sweep
+        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", ".hydra", "analysis", "launches")
+                             and not is_set_aside(d))
         if "summary.json" in filenames:
             found.append(Path(dirpath))
     return sorted(found)

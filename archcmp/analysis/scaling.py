@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from archcmp.analysis.wandb_log import add_options, log_outputs
+
 from archcmp.analysis import scaling_fit as sf
 from archcmp.analysis.runs import WANDB_PREFIX, load_runs
 
@@ -318,19 +320,6 @@ def make_plots(d: pd.DataFrame, results: list[ArchResult], out: Path, params: st
     return paths
 
 
-def log_to_wandb(table: pd.DataFrame, figures: list[Path], project: str, config: dict) -> None:
-    """Log table and figures to wandb (lazy import; WANDB_MODE=offline works). Never raises."""
-    try:
-        import wandb
-        run = wandb.init(project=project, job_type="scaling-analysis", config=config, reinit=True)
-        data = {"scaling/table": wandb.Table(dataframe=table.reset_index().astype(str))}
-        data.update({f"scaling/{p.stem}": wandb.Image(str(p)) for p in figures})
-        run.log(data)
-        run.finish()
-    except Exception as exc:  # noqa: BLE001 - logging must not kill the analysis
-        warnings.warn(f"wandb logging failed: {exc}", stacklevel=2)
-
-
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archcmp-analyze scaling", description=__doc__.split("\n\n")[0])
@@ -343,8 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L-BFGS initialisation grid for the point fit (Hoffmann: 4500 starts)")
     p.add_argument("--budgets", type=lambda s: [float(v) for v in s.split(",")],
                    help="comma-separated FLOP budgets for the equal-compute rows")
-    p.add_argument("--wandb", action="store_true", help="log table and figures to wandb")
-    p.add_argument("--wandb-project", default="archcmp", help="wandb project for --wandb")
+    add_options(p)
     return p
 
 
@@ -377,6 +365,9 @@ def run_cli(argv: list[str]) -> int:
     print(table_markdown(table, args.bootstrap))
     print(f"wrote {args.out}/table.md, runs.csv and {len(figures)} figures")
     if args.wandb:
-        log_to_wandb(table, figures, args.wandb_project,
-                     {"paths": args.paths, "params": args.params, "bootstrap": args.bootstrap})
+        files = {"table": args.out / "fits.csv", "table_md": args.out / "table.md", "runs": args.out / "runs.csv",
+                 **{p.stem: p for p in figures}}
+        table.reset_index().astype(str).to_csv(files["table"], index=False)
+        log_outputs(args, "scaling", args.out, files,
+                    config={"paths": args.paths, "params": args.params, "bootstrap": args.bootstrap})
     return 0

@@ -1,0 +1,308 @@
+"""Run identity and safe reuse: a changed setting never returns an old result, one writer per run
+directory, typed config errors in one line, wandb runs that resume, sweeps that report their own
+jobs, Ctrl-C and corrupt checkpoints told in one line. Real processes where a process matters."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from archcmp import identity
+from archcmp.track import read_jsonl
+from archcmp.track_wandb import offline_records
+from hydra_cfg import TINY, compose_cfg
+
+TINY2 = [*TINY, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
+RUN = "decoder-nano-addition-s0"
+
+
+def _cli(args, cwd, env=None, timeout=600):
+    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
+    return subprocess.run([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _snapshot(run_dir: Path) -> dict:
+    """Every file under run_dir (but its lock) -> bytes: what "left untouched" compares."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != identity.LOCK_FILE}
+
+
+# ---- identity -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ident")
+    out = _cli(TINY2, root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return root, root / "outputs" / "default" / RUN
+
+
+@pytest.mark.parametrize("override, diff", [
+    ("optimizer.lr=0.01", "optimizer.lr: 0.003 -> 0.01"),
+    ("train.steps=3", "train.steps: 2 -> 3"),
+    ("task.params.reverse=true", "task.params.reverse: False -> True"),
+])
+def test_changed_setting_is_refused_naming_the_keys_and_old_results_stay(done_run, override, diff):
+    root, run_dir = done_run
+    before = _snapshot(run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+    out = _cli([*TINY2, override], root)
+    lines = _lines(out.stderr)
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert diff in lines[0] and "train.overwrite=true" in lines[0] and "run_name=" in lines[0], lines[0]
+    assert "skipped" not in out.stdout
+    assert _snapshot(run_dir) == before  # summary, metrics, checkpoints, .hydra/, identity.json
+
+
+def test_same_settings_are_skipped_and_bookkeeping_keys_do_not_count(done_run):
+    root, run_dir = done_run
+    before = _snapshot(run_dir)
+    out = _cli([*TINY2, "train.log_every=2", "train.progress=true", "logger=none"], root)
+    assert out.returncode == 0 and "skipped (already complete)" in out.stdout, out.stderr[-2000:]
+    assert _snapshot(run_dir) == before
+
+
+def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_directory(tmp_path):
+    char, bpe = compose_cfg(["task=shakespeare"]), compose_cfg(["task=shakespeare_bpe"])
+    assert char.run_name == "decoder-nano-shakespeare-s0" and bpe.run_name == "decoder-nano-shakespeare_bpe-s0"
+    from archcmp.train import _resolved
+
+    identity.write(tmp_path, identity.identity_of(_resolved(char)))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\n')  # it holds a result
+    with pytest.raises(identity.RunRefused, match=r"task.params.tokenizer: 'char' -> 'bpe'"):
+        identity.check(tmp_path, _resolved(bpe))
+    assert identity.check(tmp_path, _resolved(compose_cfg(["task=shakespeare", "train.progress=false"])))
+
+
+def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
+    import yaml
+
+    from archcmp.train import _resolved
+
+    old = _resolved(compose_cfg(["optimizer.lr=0.01"]))
+    del old["train"]["overwrite"]  # a key that did not exist then is not held against the old run
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "summary.json").write_text('{"status": "complete"}')
+    with pytest.raises(identity.RunRefused, match=r"optimizer.lr: 0.01 -> 0.003"):
+        identity.check(tmp_path, _resolved(compose_cfg([])))
+    identity.check(tmp_path, _resolved(compose_cfg(["optimizer.lr=0.01"])))
+
+
+def test_overwrite_moves_the_old_run_aside_and_trains_anew(tmp_path):
+    first = _cli(TINY2, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = tmp_path / "outputs" / "default" / RUN
+    before = _snapshot(run_dir)
+    out = _cli([*TINY2, "optimizer.lr=0.01", "train.overwrite=true"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    aside = [p for p in run_dir.parent.iterdir() if p.name.startswith(RUN + identity.ASIDE_MARK)]
+    assert len(aside) == 1 and f"moved the earlier run {run_dir} to {aside[0]}" in out.stderr
+    assert _snapshot(aside[0]) == before  # kept whole
+    new = json.loads((run_dir / "identity.json").read_text())["settings"]
+    assert new["optimizer"]["lr"] == 0.01
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+    from archcmp.analysis.runs import find_run_dirs
+
+    assert find_run_dirs(run_dir.parent) == [run_dir]  # the old run is no longer part of the folder
+
+
+# ---- one writer ----------------------------------------------------------------------------------
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from archcmp.identity import RunLock
+    RunLock(Path(sys.argv[1])).acquire()
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_path):
+    run_dir = tmp_path / "outputs" / "default" / RUN
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = _cli(TINY2, tmp_path)
+        lines = _lines(out.stderr)
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert f"is being written by pid {holder.pid} on host" in lines[0], lines[0]
+        assert sorted(p.name for p in run_dir.iterdir()) == [identity.LOCK_FILE]  # nothing else written
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the stale holder: its flock dies with it
+        holder.wait()
+    out = _cli(TINY2, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
+# ---- typed config ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, key", [
+    (["train.skip_complete=no"], "train.skip_complete='no': must be true or false"),
+    (["train.resume=1"], "train.resume=1: must be true or false"),
+    (["logger=wandb", "logger.mode=onlin"], "logger.mode='onlin': choose one of ['online', 'offline', 'disabled']"),
+    (["model.n_heads=5"], "model.n_heads=5"),
+    (["+model.n_heads=5"], "model.n_heads=5"),
+    (["model.d_modle=3"], "model.d_modle: unknown model config key"),
+    (["hydra/launcher=joblib"], "launcher=NAME"),
+    (["device.name=gpux"], "device.name='gpux'"),
+])
+def test_bad_typed_values_exit_2_with_one_line(args, key, tmp_path):
+    out = _cli([*TINY2, *args], tmp_path)
+    lines = _lines(out.stderr)
+    assert out.returncode == 2 and len(lines) == 1 and key in lines[0], out.stderr
+    assert "failed" not in lines[0]  # a config error, never a "failed run"
+    for path in tmp_path.rglob("summary.json"):  # if recorded at all: as a config error
+        assert json.loads(path.read_text())["error_kind"] == "config"
+
+
+def test_model_fields_are_reachable_without_plus(tmp_path):
+    out = _cli([*TINY2, "model.pos_encoding=learned", "model.n_heads=2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "outputs" / "default" / RUN / "summary.json").read_text())
+    assert summary["model"]["pos_encoding"] == "learned" and summary["model"]["n_heads"] == 2
+
+
+# ---- wandb ------------------------------------------------------------------------------------------
+def _history_steps(run_dir: Path, run_id: str) -> list[int]:
+    """Every history step of every offline file of ``run_id`` (all processes), in file order."""
+    steps = []
+    for path in sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")):
+        for rec in offline_records(path):
+            if rec.WhichOneof("record_type") == "history":
+                row = {(it.key or ".".join(it.nested_key)): json.loads(it.value_json) for it in rec.history.item}
+                steps.append(int(row["_step"]))
+    return steps
+
+
+@pytest.mark.slow
+def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp_path):
+    args = ["arch=decoder", "size=nano", "train.steps=40", "train.checkpoint_every=10", "train.eval_every=20",
+            "train.batch_size=8", "train.progress=false", "train.log_every=1", "task.seq_len=24",
+            "train.eval_examples=16", "train.eval_batch_size=8", "logger=wandb", "hydra.run.dir=run"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:  # past the first checkpoint, before the 2nd
+        rows = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+        if (run_dir / "checkpoints" / "10").exists() and rows and rows[-1] >= 13:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl"))
+    assert 10 < killed_at < 40, killed_at
+    run_id = json.loads((run_dir / "wandb.json").read_text())["id"]
+
+    out = _cli(args, tmp_path, env={"WANDB_MODE": None})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from"] == 10
+    assert json.loads((run_dir / "wandb.json").read_text())["id"] == run_id  # the same wandb run
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files), files  # one id, two processes
+    deadline = time.monotonic() + 30  # wandb-core may flush after the process returned
+    while len(_history_steps(run_dir, run_id)) < 40 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    steps = _history_steps(run_dir, run_id)
+    assert sorted(steps) == list(range(1, 41)), steps  # every logged step, exactly once
+    logged = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r}
+    assert sorted(logged) == list(range(1, 41))
+
+
+def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
+    from archcmp.track_wandb import resolve_mode
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("offline") == "disabled"
+    assert "WANDB_MODE=disabled in the environment wins" in capsys.readouterr().err
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_mode("offline") == "offline"
+
+
+# ---- sweeps -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
+    first = _cli(["-m", "seed=0", "experiment_name=two", *TINY2], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = _cli(["-m", "seed=1,2", "experiment_name=two", *TINY2], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    table = [line for line in second.stdout.splitlines() if line.startswith("| decoder-")]
+    assert sorted(line.split("|")[1].strip() for line in table) == ["decoder-nano-addition-s1",
+                                                                      "decoder-nano-addition-s2"], second.stdout
+    assert "sweep: 2 runs: 2 completed" in second.stdout
+    assert "1 run(s) from earlier launches" in second.stdout
+    sweep = tmp_path / "multirun" / "two"
+    report = (sweep / "comparison.md").read_text()
+    own, earlier = report.split("## Earlier runs")
+    assert "s0" not in own and "decoder-nano-addition-s0" in earlier
+    launches = sorted((sweep / "launches").iterdir())
+    assert len(launches) == 2 and all((d / "multirun.yaml").exists() for d in launches)
+    assert "seed=0" in (launches[0] / "multirun.yaml").read_text()
+    assert "seed=1,2" in (launches[1] / "multirun.yaml").read_text()
+
+
+# ---- fault output ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
+    # no periodic checkpoint before the end: the one found afterwards is the interrupt's
+    args = [*TINY, "train.steps=400", "train.checkpoint_every=400", "train.eval_every=400", "hydra.run.dir=run"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any("train_loss" in r for r in read_jsonl(run_dir / "metrics.jsonl")[-1:]) and \
+                read_jsonl(run_dir / "metrics.jsonl")[-1]["step"] >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    lines = _lines(err)
+    assert len(lines) == 1 and "interrupted at step" in lines[0] and "relaunch" in lines[0], err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 5 <= summary["step"] < 400
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [summary["step"]]
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoints_fall_back_in_one_line_or_stop_in_one_line(tmp_path):
+    args = [*TINY, "train.steps=4", "train.checkpoint_every=2", "hydra.run.dir=run"]
+    first = _cli([*args, "train.steps=4"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    (run_dir / "summary.json").unlink()  # as if killed after the last save: relaunch resumes
+    for f in (ckpts / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    out = _cli(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = _lines(out.stderr)
+    assert len(lines) == 1 and "checkpoint step 4" in lines[0] and "unreadable" in lines[0], out.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == 2
+    (run_dir / "summary.json").unlink()
+    for step in ("2", "4"):
+        for f in (ckpts / step / "state").rglob("*"):
+            if f.is_file() and f.stat().st_size > 0:
+                f.write_bytes(b"garbage")
+    out = _cli(args, tmp_path)
+    lines = _lines(out.stderr)
+    assert out.returncode == 2 and len(lines) >= 1, out.stderr
+    last = lines[-1]
+    assert str(ckpts) in last and "train.resume=false" in last, out.stderr
+    assert len(lines) <= 3, out.stderr  # the warnings of the two unreadable steps, then the error
