@@ -11,7 +11,8 @@ and every saved checkpoint, on the same fixed validation sequences (one per row,
 * per head: ``prefix_matching`` (:func:`prefix_matching_scores`), ``previous_token``
   (attention to the immediately preceding position) and ``copying`` (:func:`copying_scores`).
 
-Phase change (:func:`phase_change`): the repeat loss's 10%-to-90% drop window; the step at which the
+Phase change (:func:`phase_change`): the repeat loss's 10%-to-90% drop window, measured from
+ln(n_symbols) (the loss without context) to its last value; the step at which the
 best last-layer head's prefix-matching score first reaches ``--pm-threshold`` (default 0.5).
 The pre-set criterion (:func:`criterion`): on every seed the repeat loss falls by at least half of
 ln(n_symbols), its 10-90% window is at most ``--max-window`` (default 0.5) of the step at which it
@@ -110,7 +111,9 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
     rows = []
     for run, g in per_step.groupby("run", sort=False):
         g = g.sort_values("step")
-        w = drop_window(g["step"], g["repeat_loss"])
+        # the fall is measured from ln(n_symbols), the loss of a model that ignores the context
+        # (the first ~50 steps bring the loss down from the initial logits to that level)
+        w = drop_window(g["step"], g["repeat_loss"], start=float(np.log(g["n_symbols"].iloc[0])))
         h = heads[(heads["run"] == run)]
         last = h[h["layer"] == h["layer"].max()].groupby("step")["prefix_matching"].max().sort_index()
         interval = float(np.median(np.diff(g["step"]))) if len(g) > 1 else np.nan
