@@ -156,11 +156,14 @@ def probe_set(run, tasks, examples: int):
     batch = batches[0]
     first = np.zeros(batch["inputs"].shape, bool)
     repeat = np.zeros_like(first)
-    for i, ex in enumerate(exs):  # decoder layout: BOS x(1..L) SEP x(L+2..2L+1) EOS
-        n = len(ex.inputs)
-        first[i, 1:n] = True  # positions 1..L-1 predict x_2..x_L
-        repeat[i, n + 2:2 * n + 1] = True  # predict the repeat's x_2..x_L
-    symbols = np.unique(np.concatenate([ex.inputs for ex in exs]))
+    for i, ex in enumerate(exs):
+        if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
+            n, start = len(ex.inputs), 1
+        else:  # prompt='none': BOS SEP x(2..L+1) x(L+2..2L+1) EOS
+            n, start = (len(ex.targets) - 1) // 2, 2
+        first[i, start:start + n - 1] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
+        repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
+    symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
 

@@ -342,19 +342,24 @@ class RecallTask(_SampledTask):
 class InductionTask(_SampledTask):
     """A random segment and its repeat: the in-context copying task of induction heads.
 
-    Each example draws a segment of L tokens (L uniform in ``length``, an int or [min, max]),
-    i.i.d. uniform over the first ``n_symbols`` letters a..z: inputs = the segment, targets = the
-    same segment + EOS (decoder layout ``BOS x SEP x EOS``). The first occurrence is unpredictable
-    (ln n_symbols nats per token at best); the repeat is predictable only by looking back in the
-    context, so its loss falls from ln n_symbols to ~0 when the model learns to copy. Varying L
-    keeps a fixed-offset copy rule from solving it. Splits are disjoint by hashing the segment.
+    Each example draws a segment x of L tokens (L uniform in ``length``, an int or [min, max]),
+    i.i.d. uniform over the first ``n_symbols`` letters a..z. ``prompt='none'`` (default): no
+    inputs, targets = x x EOS (decoder layout ``BOS SEP x x EOS``: nothing marks where the repeat
+    starts, so a model can only predict it by finding the current token's earlier occurrence and
+    copying what followed: an induction head). ``prompt='first'``: inputs = x, targets = x EOS
+    (``BOS x SEP x EOS``; the SEP marks the repeat's start, which a positional rule relative to it
+    can exploit; pilots did). The first occurrence is unpredictable (ln n_symbols nats per token at
+    best); the repeat's loss falls to ~0 once the model copies from its context. Varying L keeps a
+    fixed-offset rule from working. Splits are disjoint by hashing the segment.
     """
 
-    def __init__(self, length=(8, 24), n_symbols: int = 26):
+    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none"):
         self.length = _int_range("induction", "length", length, 2, 256)
         if not isinstance(n_symbols, (int, np.integer)) or isinstance(n_symbols, bool) or not 2 <= n_symbols <= 26:
             raise _bad("induction", "n_symbols", n_symbols, "an int in [2, 26]")
-        self.n_symbols = int(n_symbols)
+        if prompt not in ("none", "first"):
+            raise _bad("induction", "prompt", prompt, "'none' or 'first'")
+        self.n_symbols, self.prompt = int(n_symbols), prompt
         self.tokenizer = ArithmeticTokenizer()
         self.max_tokens = 2 * self.length[1] + 1
 
@@ -362,7 +367,9 @@ class InductionTask(_SampledTask):
         n = int(rng.integers(self.length[0], self.length[1] + 1))
         letters = rng.integers(0, self.n_symbols, size=n)
         x = self.tokenizer.encode("".join(chr(ord("a") + int(i)) for i in letters))
-        return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
+        if self.prompt == "first":
+            return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
+        return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
 
 
 # Registered on import: shakespeare lives in its own module (text loading + caching).
