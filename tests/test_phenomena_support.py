@@ -88,3 +88,20 @@ def test_mlp_flag_validated_and_default_on():
     assert ModelConfig().mlp is True
     with pytest.raises(ValueError, match="model.mlp"):
         ModelConfig(mlp="no")
+
+
+def test_induction_task_repeats_a_random_segment_without_a_marker():
+    task = make_task("induction", length=[5, 9], n_symbols=4)
+    lengths = set()
+    for ex in task.examples("validation", seed=0, limit=50):
+        assert len(ex.inputs) == 0 and ex.targets[-1] == vocab.EOS
+        body = ex.targets[:-1]
+        n = len(body) // 2
+        lengths.add(n)
+        assert 5 <= n <= 9 and np.array_equal(body[:n], body[n:])
+        assert set(task.tokenizer.decode(body[:n])) <= set("abcd")
+    assert len(lengths) > 1  # the repeat starts at a varying offset
+    first = make_task("induction", length=6, prompt="first").example("train", 0, 0)
+    assert np.array_equal(np.append(first.inputs, vocab.EOS), first.targets)
+    with pytest.raises(ValueError, match="prompt"):
+        make_task("induction", prompt="both")
