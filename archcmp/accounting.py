@@ -24,12 +24,15 @@ def _attention_params(cfg: ModelConfig) -> int:
 
 
 def _mlp_params(cfg: ModelConfig) -> int:
+    """The MLP sub-layer and its norm (none in attention-only blocks, ``cfg.mlp=False``)."""
+    if not cfg.mlp:
+        return 0
     n_in = 2 if cfg.gated else 1
-    return cfg.d_model * cfg.d_ff * (n_in + 1)
+    return cfg.d_model * cfg.d_ff * (n_in + 1) + _norm_params(cfg)
 
 
 def block_params(cfg: ModelConfig, cross: bool = False) -> int:
-    n = _attention_params(cfg) + _mlp_params(cfg) + 2 * _norm_params(cfg)
+    n = _attention_params(cfg) + _mlp_params(cfg) + _norm_params(cfg)
     if cross:
         n += _attention_params(cfg) + _norm_params(cfg)
     return n
@@ -83,7 +86,8 @@ def _layer_forward_flops(cfg: ModelConfig, context: int, memory: int = 0) -> int
     n_in = 2 if cfg.gated else 1
     flops = 2 * D * 3 * Q + 2 * Q * D  # fused qkv + output projection
     flops += 2 * context * Q * 2  # scores q·k and probs·v over the full row
-    flops += 2 * D * F * n_in + 2 * F * D  # MLP
+    if cfg.mlp:
+        flops += 2 * D * F * n_in + 2 * F * D  # MLP
     if memory:
         flops += 2 * D * Q + 2 * Q * D  # cross q and output projections
         flops += 2 * memory * Q * 2  # cross scores and weighted sum

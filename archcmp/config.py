@@ -71,6 +71,9 @@ class ModelConfig:
     # attention); "full" keeps only the layer input. Same numbers; memory falls, recompute rises.
     remat: str = "none"
     init_std: float = 0.02
+    # False: attention-only blocks (no MLP sub-layer, no MLP norm; d_ff unused), the two-layer
+    # attention-only transformers of the induction-head studies (Olsson et al. 2022).
+    mlp: bool = True
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHS)
@@ -109,7 +112,7 @@ class ModelConfig:
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("remat", self.remat, REMAT)
-        for name in ("tie_embeddings", "scan_layers"):
+        for name in ("tie_embeddings", "scan_layers", "mlp"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be true or false")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):

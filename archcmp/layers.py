@@ -271,7 +271,8 @@ class Block(nnx.Module):
         self.self_norm, self.self_attn = Norm(cfg), Attention(cfg, rngs)
         if cross:
             self.cross_norm, self.cross_attn = Norm(cfg), Attention(cfg, rngs, cross=True)
-        self.mlp_norm, self.mlp = Norm(cfg), MLP(cfg, rngs)
+        if cfg.mlp:  # cfg.mlp=False: attention-only block
+            self.mlp_norm, self.mlp = Norm(cfg), MLP(cfg, rngs)
 
     def _residual(self, x: Array, norm: Norm, fn, key: Array | None) -> tuple[Array, Array | None]:
         if self.cfg.norm_position == "pre":
@@ -303,7 +304,8 @@ class Block(nnx.Module):
             x, cross_p = self._residual(
                 x, self.cross_norm, lambda h: self.cross_attn(h, cross_mask, memory=memory,
                                                               cache=cache.get("cross"))[:2], keys[1])
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None), keys[2])
+        if self.cfg.mlp:
+            x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None), keys[2])
         return (x, self_p, cross_p, new_cache) if cache else (x, self_p, cross_p)
 
 

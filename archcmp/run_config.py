@@ -75,6 +75,7 @@ class TrainSettings:
     tokens_per_param: float | None = None
     flops: float | None = None
     eval_train_examples: int = 0  # training examples also scored at each evaluation (0 = off)
+    full_batch: bool = False  # train.batch_size=full: every step is the whole training split
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,11 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
         raise ConfigError(f"seed={seed!r}: must be a non-negative integer")
 
     t = "train"
+    # train.batch_size=full: one row per training example, the whole (finite) split every step; the
+    # number of rows is the split's size, known once the task is built (train() fills it in).
+    full_batch = _get(cfg, f"{t}.batch_size") == "full"
     train = TrainSettings(
-        steps=_pos_int(cfg, f"{t}.steps"), batch_size=_pos_int(cfg, f"{t}.batch_size"),
+        steps=_pos_int(cfg, f"{t}.steps"), batch_size=1 if full_batch else _pos_int(cfg, f"{t}.batch_size"),
         grad_accum=_pos_int(cfg, f"{t}.grad_accum"), eval_every=_pos_int(cfg, f"{t}.eval_every"),
         eval_examples=_pos_int(cfg, f"{t}.eval_examples"), eval_batch_size=_pos_int(cfg, f"{t}.eval_batch_size"),
         log_every=_pos_int(cfg, f"{t}.log_every"), checkpoint_every=_pos_int(cfg, f"{t}.checkpoint_every", True),
@@ -202,7 +206,9 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
                           "set at most one budget")
     if cfg["train"].get("eval_train_examples") is not None:  # optional: older run configs lack it
         budgets["eval_train_examples"] = _pos_int(cfg, f"{t}.eval_train_examples", True)
-    train = dataclasses.replace(train, **budgets)
+    train = dataclasses.replace(train, full_batch=full_batch, **budgets)
+    if full_batch and train.grad_accum != 1:
+        raise ConfigError(f"train.grad_accum={train.grad_accum}: train.batch_size=full needs grad_accum=1")
     if train.batch_size % train.grad_accum:
         raise ConfigError(f"train.grad_accum={train.grad_accum}: must divide train.batch_size={train.batch_size}")
 

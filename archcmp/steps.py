@@ -75,7 +75,7 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accu
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {"train_loss": loss, "train_accuracy": sums["correct_sum"] / denom,
-                   "grad_norm": grad_norm, "finite": finite}
+                   "grad_norm": grad_norm, "param_norm": optax.tree.norm(new["params"]), "finite": finite}
         return new, metrics
 
     return step

@@ -97,7 +97,7 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     from archcmp import ensemble, identity
     from archcmp.accounting import count_params, train_flops_per_row
     from archcmp.checkpoint import Checkpointer
-    from archcmp.data import BatchIterator, eval_batches, make_formatter, make_task
+    from archcmp.data import BatchIterator, FullBatchIterator, eval_batches, make_formatter, make_task
     from archcmp.data.pipeline import batch_rng
     from archcmp.data.packing import pack_rows
     from archcmp.data import vocab
@@ -115,6 +115,17 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
         return ensemble.result(s, [{**p, "skipped": True} for p in previous])
     # Devices and processes (XLA flags, jax.distributed, mesh): checked before anything compiles.
     hosts.start(s.device, s.distributed)
+    try:
+        task = make_task(s.task.name, **s.task.params)
+    except ValueError as err:
+        raise ConfigError(f"task={s.task.name!r}: {err}") from None
+    if ts.full_batch:  # train.batch_size=full: as many rows as training examples
+        n_train = task.size("train")
+        if n_train is None:
+            raise ConfigError(f"train.batch_size=full: task={s.task.name!r} has an endless training stream")
+        ts = dataclasses.replace(ts, batch_size=n_train)
+        s = dataclasses.replace(s, train=ts)
+        settings = [dataclasses.replace(m, train=ts) for m in settings]
     place = make_placement(s.mesh, batch_size=ts.batch_size, grad_accum=ts.grad_accum,
                            eval_batch_size=ts.eval_batch_size)
     ensemble.check_placement(k, place)
@@ -124,10 +135,6 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
             on_accept(run_dir)
 
     # ---- data and model (all validated before anything compiles) ------------------------
-    try:
-        task = make_task(s.task.name, **s.task.params)
-    except ValueError as err:
-        raise ConfigError(f"task={s.task.name!r}: {err}") from None
     try:
         model_cfg = s.model_config(task.tokenizer.vocab_size, shape)
     except ValueError as err:
@@ -169,9 +176,16 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     n_params = count_params(model_cfg)
     flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, S if s.arch == "encdec" else 0)
     ref_params = count_params(s.reference_config(task.tokenizer.vocab_size)).total
+    def train_stream(seed: int):
+        if ts.full_batch:
+            try:
+                return FullBatchIterator(task, "train", seed, formatter)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        return BatchIterator(task, "train", seed, ts.batch_size, formatter)
+
     total_steps = ensemble.check_budgets(k, [
-        budget_steps(ts, ref_params, flops_per_step, BatchIterator(task, "train", m.seed, ts.batch_size, formatter))
-        for m in settings])
+        budget_steps(ts, ref_params, flops_per_step, train_stream(m.seed)) for m in settings])
     tx = make_optimizer(s.optim, total_steps)
     lr_at = schedule(s.optim, total_steps)
     states = []
@@ -188,7 +202,7 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     # ---- resume -------------------------------------------------------------------------
     # k>1: keep two checkpoints at least, so a kill between the members' saves leaves a common step.
     keep = ts.keep_checkpoints if k == 1 else max(ts.keep_checkpoints, 2)
-    members = [Member(m, d, BatchIterator(task, "train", m.seed, ts.batch_size, formatter),
+    members = [Member(m, d, train_stream(m.seed),
                        Checkpointer(d / "checkpoints", keep=keep)) for m, d in zip(settings, dirs)]
     step, resume_at = 0, ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
     if resume_at is not None:
@@ -266,7 +280,8 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
                     if step % ts.log_every == 0 or step == total_steps:
                         mem.tracker.log({"train_loss": float(m["train_loss"]),
                                          "train_accuracy": float(m["train_accuracy"]),
-                                         "grad_norm": float(m["grad_norm"]), "lr": float(lr_at(step - 1)),
+                                         "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"]),
+                                         "lr": float(lr_at(step - 1)),
                                          "tokens": mem.counters["train_tokens"], "tokens_per_sec": mem.tps}, step)
                 if step % ts.eval_every == 0 or step == total_steps:
                     evaluate()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Emergence probe, end to end (seed claims C24, C25; issue 6; see seeds/README.md):
-#   1. experiment=emergence: encoder, decoder, prefix_lm, encdec x femto..small (6 parameter-matched
-#      sizes, 7.5k-2.7M parameters) on 1-3 digit addition, 500 steps each, a checkpoint every 100
-#      steps (all kept), two parallel jobs (launcher=joblib);
+# Emergence probe, end to end (seed claims C24, C25; issue 17; see seeds/README.md):
+#   1. experiment=emergence: a ladder of decoders femto..tiny (7.5k-0.8M parameters) on 3-4 digit
+#      addition (reversed answers, 4-6 tokens), 4000 steps each, three seeds per size, a checkpoint
+#      every 500 steps (all kept); resumable (complete runs are skipped);
 #   2. archcmp-analyze emergence over every run: greedy decoding of 512 fixed test examples, sharp
 #      and smooth metrics of the same outputs, breakthroughness / linearity / p^L across sizes, at
 #      the final step and (a second pass) at every kept checkpoint.
@@ -23,7 +23,7 @@ SWEEP="${EMERGENCE_SWEEP:-multirun/emergence}"
 OUT="${EMERGENCE_OUT:-experiments/results/emergence}"
 start=$(date +%s)
 
-"$TRAIN" experiment=emergence launcher=joblib "hydra.sweep.dir=$SWEEP" "$@"
+"$TRAIN" experiment=emergence "hydra.sweep.dir=$SWEEP" "$@"
 trained=$(date +%s)
 echo "emergence.sh: training took $((trained - start)) s"
 

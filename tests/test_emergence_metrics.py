@@ -266,3 +266,15 @@ def test_plots_write_files(tmp_path):
     ep.plot_grokking(grok, out=tmp_path / "grok.png")
     for name in ("scaling.png", "pl.png", "grok.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_smoothness_table_averages_seeds_at_each_scale():
+    from archcmp.analysis.emergence_metrics import breakthroughness, smoothness_table
+
+    params = [10, 100, 1000, 10000]
+    means = np.array([0.0, 0.05, 0.1, 0.9])
+    rows = [{"arch": "decoder", "metric": "exact_match", "params": p, "seed": s, "mean": m + d}
+            for p, m in zip(params, means) for s, d in ((0, -0.01), (1, 0.01))]
+    t = smoothness_table(pd.DataFrame(rows))
+    assert t["n_scales"].iloc[0] == 4
+    assert t["breakthroughness"].iloc[0] == pytest.approx(breakthroughness(means, np.array(params)))

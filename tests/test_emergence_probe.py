@@ -129,17 +129,3 @@ def test_grokking_cli_writes_curves_table_and_figure(sweep, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert {(r["arch"], r["weight_decay"]) for r in summary} == {("decoder", 1.0), ("encoder", 0.0)}
     assert "| decoder |" in (out / "table.md").read_text()
-
-
-def test_grokking_needs_delayed_generalisation():
-    from archcmp.analysis.grokking import summarize
-
-    steps = np.arange(100, 3100, 100)
-    together = np.clip((steps - 500) / 500, 0, 1)  # reaches 0.95 at step 1000
-    late = np.clip((steps - 2500) / 300, 0, 1)     # reaches 0.95 at step 2800
-    rows = [pd.DataFrame({"run": name, "arch": "decoder", "weight_decay": 1.0, "step": steps,
-                          "train_acc": together, "val_acc": val}) for name, val in (("a", together), ("b", late))]
-    t = summarize(pd.concat(rows), threshold=0.95).set_index("run")
-    assert t.loc["a", "generalised"] and not t.loc["a", "grokked"] and t.loc["a", "delay_ratio"] == 1.0
-    assert t.loc["b", "generalised"] and t.loc["b", "grokked"] and t.loc["b", "delay_ratio"] == pytest.approx(2.8)
-    assert not summarize(pd.concat(rows), threshold=0.95, grok_delay=3.0).set_index("run").loc["b", "grokked"]

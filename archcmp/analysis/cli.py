@@ -1,4 +1,4 @@
-"""`archcmp-analyze {scaling,rank,emergence,grokking,seeds} PATH ...` — dispatches to the probe modules.
+"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,seeds} PATH ...` — dispatches to the probe modules.
 
 Each probe module exposes ``run_cli(argv: list[str]) -> int``; its own argparse parser
 documents its options (``archcmp-analyze scaling --help``).
@@ -13,6 +13,7 @@ PROBES = {
     "rank": "archcmp.analysis.rank_cli",
     "emergence": "archcmp.analysis.emergence",
     "grokking": "archcmp.analysis.grokking",
+    "induction": "archcmp.analysis.induction",
     "seeds": "archcmp.analysis.seed_tables",
 }
 

@@ -420,10 +420,13 @@ def smoothness_table(long_df: pd.DataFrame, scale_col: str = "params",
                      ) -> pd.DataFrame:
     """Breakthroughness and both linearity indices per (arch, metric) of a long DataFrame.
 
-    Uses the last step per (arch, scale) when a ``step`` column is present. Note that for
+    Uses the last step per (arch, scale) when a ``step`` column is present, and the mean over
+    rows sharing a scale (seeds). Note that for
     lower-is-better metrics (edit distance, Brier) breakthroughness is negative on improvement.
     """
     df = last_step(long_df, ("arch", scale_col, "metric"))
+    # several seeds per scale (train.num_seeds): their mean is the curve's point at that scale
+    df = df.groupby([*group, scale_col], as_index=False, sort=True)[value_col].mean()
     rows = []
     for key, g in df.groupby(list(group), sort=True):
         y, x = g[value_col].to_numpy(), g[scale_col].to_numpy()

@@ -23,9 +23,13 @@ def scale_table(long_df: pd.DataFrame, metrics=("exact_match", "token_accuracy",
     d = _final(long_df)
     d = d[d["metric"].isin(metrics)]
     rows = []
-    for (arch, params), g in d.groupby(["arch", "params"], sort=False):
+    keys = ["arch", "params"] + (["seed"] if "seed" in d.columns else [])  # one row per seed (num_seeds)
+    for key, g in d.groupby(keys, sort=False):
+        arch, params = key[:2]
         g = g.set_index("metric")
         row = {"arch": arch, "size": g["size"].iloc[0], "params": f"{int(params):,}", "step": int(g["step"].iloc[0])}
+        if "seed" in d.columns:
+            row["seed"] = int(key[2])
         for m in metrics:
             if m in g.index:
                 r = g.loc[m]

@@ -8,11 +8,11 @@ from archcmp.data.example import Example
 from archcmp.data.fingerprint import Fingerprinter, fingerprint
 from archcmp.data.formatters import ARCHS, Formatter, format_examples, make_formatter
 from archcmp.data.packing import fit_example, pack_rows
-from archcmp.data.pipeline import BatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples
+from archcmp.data.pipeline import BatchIterator, FullBatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples
 from archcmp.data.tasks import SPLITS, Task, make_task, task_names
 
 __all__ = [
-    "ARCHS", "SPLITS", "BatchIterator", "Example", "Fingerprinter", "Formatter", "Task", "batch_rng",
+    "ARCHS", "SPLITS", "BatchIterator", "FullBatchIterator", "Example", "Fingerprinter", "Formatter", "Task", "batch_rng",
     "epoch_seed", "eval_batches", "eval_examples", "fingerprint", "fit_example", "format_examples",
     "make_formatter", "make_task", "pack_rows", "task_names",
 ]

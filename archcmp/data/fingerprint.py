@@ -42,6 +42,12 @@ class Fingerprinter:
             self.update(ex)
         return self
 
+    def absorb(self, digest: bytes, count: int) -> "Fingerprinter":
+        """Chain in a whole block of ``count`` examples by its own digest (full-batch epochs)."""
+        self._digest = hashlib.sha256(self._digest + digest).digest()
+        self.count += int(count)
+        return self
+
     def hexdigest(self) -> str:
         return self._digest.hex()
 

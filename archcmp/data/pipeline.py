@@ -176,3 +176,49 @@ def eval_batches(task: Task, split: str, arch: str, seq_len: int, batch_size: in
         batches.append(fmt(rows, batch_size))
         rest = rest[used:]
     return batches, examples
+
+
+class FullBatchIterator(BatchIterator):
+    """Full-batch training (``train.batch_size=full``): every step is one whole epoch of a finite
+    training split, one example per row (no packing), so the batch is exactly the training set.
+
+    The gradient of a full batch does not depend on the order of its rows, so the batch of epoch 0
+    is built once and reused (rebuilt per step only when the formatter draws noise). The
+    fingerprint chain absorbs the epoch's own fingerprint once per step,
+    ``h_k = sha256(h_{k-1} || epoch digest)``, and ``examples_seen`` grows by the epoch size.
+    Same interface as :class:`BatchIterator`; its state is marked ``full_batch``.
+    """
+
+    def __init__(self, task: Task, split: str, seed: int, formatter: Formatter, *, fit: str = "drop"):
+        check_split(split)
+        n = task.size(split)
+        if n is None:
+            raise ValueError(f"train.batch_size=full: task {task.name!r} has an endless {split!r} stream; "
+                             "full-batch training needs a finite split")
+        super().__init__(task, split, seed, n, formatter, packing=False, fit=fit)
+        raw = list(task.examples(split, epoch_seed(seed, 0)))
+        fitted = [fit_example(ex, formatter.seq_len, fit) for ex in raw]
+        if any(ex is None for ex in fitted):
+            raise ValueError(f"train.batch_size=full: {sum(ex is None for ex in fitted)} of {n} {split} examples "
+                             f"do not fit task.seq_len={formatter.seq_len}; raise task.seq_len")
+        self.last_examples = fitted
+        self._rows = [[ex] for ex in fitted]
+        self._cached = None if formatter.needs_rng else formatter(self._rows, n)
+        self._epoch_digest = bytes.fromhex(Fingerprinter().update_many(fitted).hexdigest())
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self._cached if self._cached is not None else self.formatter(
+            self._rows, self.batch_size, batch_rng(self.seed, self.step))
+        self._fp.absorb(self._epoch_digest, self.batch_size)
+        self.step += 1
+        self.epoch = self.step  # one epoch per step
+        return batch
+
+    def state(self) -> dict:
+        return {**super().state(), "full_batch": True}
+
+    def restore(self, state: dict) -> None:
+        if not state.get("full_batch"):
+            raise ValueError("iterator state is not from full-batch training (train.batch_size=full); "
+                             "resume with the batch size the run was started with")
+        super().restore(state)

@@ -8,7 +8,7 @@ and exposes ``name``, ``tokenizer``, ``max_tokens`` (max len(inputs)+len(targets
 ``pack_by_default`` (short tasks pack several examples per row).
 
 Registry: ``make_task(name, **params)``; unknown names or parameters raise ``ValueError`` naming
-the offending key/value. Registered: addition, multiplication, modular, recall, shakespeare.
+the offending key/value. Registered: addition, multiplication, modular, recall, induction, shakespeare.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from archcmp.data import vocab
 from archcmp.data.example import Example
-from archcmp.data.tokenizers import ArithmeticTokenizer, Tokenizer
+from archcmp.data.tokenizers import ArithmeticTokenizer, CharTokenizer, Tokenizer
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
@@ -203,6 +203,12 @@ class MultiplicationTask(_ArithmeticTask):
         return a * b
 
 
+def residue_chars(p: int) -> list[str]:
+    """One character per residue 0..p-1 (U+0100 + r), the 'symbols' tokens of the modular task.
+    They sort after the four operator characters, so residue r is token id N_SPECIAL + 4 + r."""
+    return [chr(0x100 + r) for r in range(p)]
+
+
 def _is_prime(p: int) -> bool:
     return p >= 2 and all(p % q for q in range(2, int(p ** 0.5) + 1))
 
@@ -212,11 +218,16 @@ class ModularTask(Task):
     """Grokking-style a∘b mod p over *all* pairs. "a∘b=" -> str(c) + EOS.
 
     ``op`` in {+,-,*,/}; '/' needs prime p and b != 0 (c = a * b^-1 mod p). Pairs are partitioned
-    once by ``split_seed``: ``train_frac`` of them train, the rest halved into validation/test.
-    One epoch = every pair of the split once, in an order fixed by the run seed.
+    once by ``split_seed``: exactly ``round(train_frac * N)`` of the N pairs train, the rest halved
+    into validation/test. One epoch = every pair of the split once, in an order fixed by the run seed.
+
+    ``tokens='digits'`` (default) spells numbers in decimal digits ("12+7=" -> "19" EOS);
+    ``tokens='symbols'`` gives every residue its own token, as Power et al. (2022) do: inputs
+    ``a op b`` (3 tokens; the layouts' SEP plays '='), targets ``c`` EOS.
     """
 
-    def __init__(self, p: int = 97, op: str = "+", train_frac: float = 0.5, split_seed: int = 0):
+    def __init__(self, p: int = 97, op: str = "+", train_frac: float = 0.5, split_seed: int = 0,
+                 tokens: str = "digits"):
         if not isinstance(p, (int, np.integer)) or isinstance(p, bool) or not 2 <= p <= 1000:
             raise _bad("modular", "p", p, "an int in [2, 1000]")
         if op not in ("+", "-", "*", "/"):
@@ -227,10 +238,17 @@ class ModularTask(Task):
             raise _bad("modular", "train_frac", train_frac, "a float in (0, 1)")
         if not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
             raise _bad("modular", "split_seed", split_seed, "a non-negative int")
+        if tokens not in ("digits", "symbols"):
+            raise _bad("modular", "tokens", tokens, "'digits' or 'symbols'")
         self.p, self.op, self.train_frac, self.split_seed = int(p), op, float(train_frac), int(split_seed)
-        self.tokenizer = ArithmeticTokenizer()
-        nd = len(str(self.p - 1))
-        self.max_tokens = (2 * nd + 2) + (nd + 1)
+        self.tokens = tokens
+        if tokens == "symbols":
+            self.tokenizer = CharTokenizer(residue_chars(self.p) + ["+", "-", "*", "/"])
+            self.max_tokens = 3 + 2
+        else:
+            self.tokenizer = ArithmeticTokenizer()
+            nd = len(str(self.p - 1))
+            self.max_tokens = (2 * nd + 2) + (nd + 1)
         b_lo = 1 if op == "/" else 0
         a, b = np.meshgrid(np.arange(self.p), np.arange(b_lo, self.p), indexing="ij")
         pairs = np.stack([a.ravel(), b.ravel()], axis=1)  # [N, 2]
@@ -271,8 +289,13 @@ class ModularTask(Task):
         if not 0 <= index < len(order):
             raise IndexError(f"modular: index {index} outside epoch of {len(order)} examples")
         a, b = (int(v) for v in self._pairs[split][order[index]])
-        x = self.tokenizer.encode(f"{a}{self.op}{b}=")
-        y = np.append(self.tokenizer.encode(str(self.answer(a, b))), vocab.EOS)
+        if self.tokens == "symbols":
+            sym = residue_chars(self.p)
+            x = self.tokenizer.encode(f"{sym[a]}{self.op}{sym[b]}")
+            y = np.append(self.tokenizer.encode(sym[self.answer(a, b)]), vocab.EOS)
+        else:
+            x = self.tokenizer.encode(f"{a}{self.op}{b}=")
+            y = np.append(self.tokenizer.encode(str(self.answer(a, b))), vocab.EOS)
         return Example(x, y)
 
 
@@ -313,6 +336,40 @@ class RecallTask(_SampledTask):
         x = self.tokenizer.encode(text)
         y = np.array([self.tokenizer.id_of(str(values[q])), vocab.EOS], np.int32)
         return x.tobytes() + y.tobytes(), Example(x, y)
+
+
+@register_task("induction")
+class InductionTask(_SampledTask):
+    """A random segment and its repeat: the in-context copying task of induction heads.
+
+    Each example draws a segment x of L tokens (L uniform in ``length``, an int or [min, max]),
+    i.i.d. uniform over the first ``n_symbols`` letters a..z. ``prompt='none'`` (default): no
+    inputs, targets = x x EOS (decoder layout ``BOS SEP x x EOS``: nothing marks where the repeat
+    starts, so a model can only predict it by finding the current token's earlier occurrence and
+    copying what followed: an induction head). ``prompt='first'``: inputs = x, targets = x EOS
+    (``BOS x SEP x EOS``; the SEP marks the repeat's start, which a positional rule relative to it
+    can exploit; pilots did). The first occurrence is unpredictable (ln n_symbols nats per token at
+    best); the repeat's loss falls to ~0 once the model copies from its context. Varying L keeps a
+    fixed-offset rule from working. Splits are disjoint by hashing the segment.
+    """
+
+    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none"):
+        self.length = _int_range("induction", "length", length, 2, 256)
+        if not isinstance(n_symbols, (int, np.integer)) or isinstance(n_symbols, bool) or not 2 <= n_symbols <= 26:
+            raise _bad("induction", "n_symbols", n_symbols, "an int in [2, 26]")
+        if prompt not in ("none", "first"):
+            raise _bad("induction", "prompt", prompt, "'none' or 'first'")
+        self.n_symbols, self.prompt = int(n_symbols), prompt
+        self.tokenizer = ArithmeticTokenizer()
+        self.max_tokens = 2 * self.length[1] + 1
+
+    def _draw(self, rng):
+        n = int(rng.integers(self.length[0], self.length[1] + 1))
+        letters = rng.integers(0, self.n_symbols, size=n)
+        x = self.tokenizer.encode("".join(chr(ord("a") + int(i)) for i in letters))
+        if self.prompt == "first":
+            return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
+        return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
 
 
 # Registered on import: shakespeare lives in its own module (text loading + caching).
