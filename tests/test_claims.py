@@ -124,6 +124,12 @@ def test_criterion_rule(tmp_path):
     (tmp_path / "criterion.json").write_text(json.dumps({"criterion": "jump", "met": "yes", "n_seeds": 3}))
     with pytest.raises(EvidenceError, match="met = 'yes'"):
         apply_rule(r, tmp_path)
+    criterion(tmp_path, met=None, status="partial: 2 of 5 sizes")  # pre-registered, still running
+    out = apply_rule(r, tmp_path)
+    assert out.verdict == "not run" and "partial: 2 of 5 sizes" in out.reason
+    (tmp_path / "criterion.json").write_text(json.dumps({"criterion": "jump", "met": None, "n_seeds": 3}))
+    with pytest.raises(EvidenceError, match="met = None"):  # null needs a status saying why
+        apply_rule(r, tmp_path)
     (tmp_path / "criterion.json").unlink()
     assert apply_rule(r, tmp_path).verdict == "not run"
 

@@ -80,6 +80,8 @@ def read_criterion(path) -> dict:
         raise EvidenceError(f"{path}: must hold a JSON object")
     for key, typ in (("criterion", str), ("met", bool), ("n_seeds", int)):
         v = data.get(key)
+        if key == "met" and v is None and isinstance(data.get("status"), str):
+            continue  # an experiment still running: met = null with a status saying how far it got
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
             raise EvidenceError(f"{path}: {key} = {v!r}: must be a {typ.__name__}")
     return data

@@ -194,6 +194,9 @@ def _seed_difference(rule, path) -> Outcome:
 def _criterion(rule, path) -> Outcome:
     data = ev.read_criterion(path)
     met = data["met"]
+    if met is None:  # pre-registered, not finished: no verdict either way
+        return Outcome(NOT_RUN, "criterion", n_seeds=data["n_seeds"], reason=f"unfinished: {data['status']}",
+                       evidence=[f"criterion: {' '.join(data['criterion'].split())}", f"status: {data['status']}"])
     verdict = rule["on_met"] if met else rule["on_not_met"]
     extras = [f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in sorted(data.items())
               if k not in ("criterion", "met", "n_seeds") and isinstance(v, (int, float, str, bool))]
