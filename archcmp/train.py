@@ -1,9 +1,11 @@
 """Hydra entry point (``archcmp-train``, ``python -m archcmp.train``) and the pure ``train(cfg)``.
 
 Data flows one way: config -> task examples -> per-arch formatter -> model -> loss -> tracker.
-A run directory holds ``.hydra/config.yaml``, ``metrics.jsonl``, ``summary.json`` and
-``checkpoints/``; relaunching the same command resumes from the last checkpoint, and a run
-whose summary says ``complete`` is skipped.
+A run directory holds ``identity.json``, ``.hydra/config.yaml``, ``config.yaml``,
+``metrics.jsonl``, ``summary.json`` and ``checkpoints/``. Relaunching the same command resumes
+from the last checkpoint, and a run whose summary says ``complete`` is skipped -- both only when
+the directory's identity matches the command's settings (:mod:`archcmp.identity`), and only by
+the one process holding the directory's lock.
 """
 from __future__ import annotations
 

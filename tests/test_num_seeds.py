@@ -188,3 +188,20 @@ def test_a_group_failing_before_its_first_step_records_it_in_every_member(tmp_pa
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary == {"status": "failed", "error": "OSError: disk full", "error_kind": "OSError",
                            "run_name": name}
+
+
+def test_each_member_keeps_its_identity_and_other_settings_are_refused(runs, tmp_path):
+    from archcmp.identity import RunRefused
+
+    root, group, plain = runs
+    gdir = tmp_path / "group"
+    shutil.copytree(root / "group", gdir)
+    before = {p: p.read_bytes() for p in gdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    first = gdir / group["members"][0]["run_name"]
+    with pytest.raises(RunRefused, match=rf"{first}.*optimizer.lr: 0.003 -> 0.01"):
+        train(compose_cfg([*BASE, f"seed={SEED}", f"train.num_seeds={K}", "optimizer.lr=0.01"]), gdir)
+    assert {p: p.read_bytes() for p in gdir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # a member's identity is the identity of the plain run of its seed (num_seeds=1 either way)
+    member = json.loads((first / "identity.json").read_text())
+    alone = json.loads((root / f"plain{SEED}" / "identity.json").read_text())
+    assert member["hash"] == alone["hash"] and member["settings"]["train"]["num_seeds"] == 1

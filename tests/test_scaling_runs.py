@@ -173,22 +173,6 @@ def test_frontier_bootstrap_gives_a_gamma_interval_around_the_point_fit(tmp_path
     assert table.loc["D_opt @ C=1e+14", "decoder"] != "—"
 
 
-def test_fit_arch_notes_name_degenerate_fits():
-    """A flat loss curve is still fitted, but the table's notes say the fit is flagged."""
-    N = np.repeat(np.geomspace(1e4, 1e7, 4), 2)
-    D = np.tile([2e5, 2e6], 4) * N / 1e4
-    d = pd.DataFrame({"arch": "flat", "N": N, "D": D, "C": 6 * N * D, "eval_loss": 3.0,
-                      "flops_per_token": 6 * N})
-    d["k"] = 6.0
-    d["budget"] = scaling.round_sig(d["C"].to_numpy())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = scaling.fit_arch(d, "flat", n_boot=0, starts="coarse")
-    notes = "; ".join(res.notes)
-    assert "L(N,D) flagged: flat" in notes and "L(N) flagged:" in notes, notes
-    assert "L(C) not fitted" in notes  # a flat curve's frontier keeps a single point
-
-
 def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(tmp_path, monkeypatch):
     # the shared --wandb options (archcmp.analysis.wandb_log): one offline run with the table and plots
     import time
@@ -205,7 +189,7 @@ def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(tmp_pat
     deadline, logged = time.monotonic() + 30, set()
     while not {"loss_vs_N", "isoflops", "table", "runs"} <= logged and time.monotonic() < deadline:
         time.sleep(0.2)
-        logged = {(it.key or it.nested_key[0]).split(".")[0] for rec in offline_records(files[0])
+        logged = {(it.key or it.nested_key[0]).split(".")[0] for rec in offline_records(files[0])  # media: key.*
                   if rec.WhichOneof("record_type") == "history" for it in rec.history.item}
     assert {"loss_vs_N", "loss_vs_D", "loss_vs_C", "isoflops", "table", "runs"} <= logged, logged
     fits = pd.read_csv(out / "fits.csv")
