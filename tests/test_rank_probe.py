@@ -175,9 +175,9 @@ def tiny_run(tmp_path_factory):
 
 def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
     from archcmp.analysis.cli import main
-    from archcmp.analysis.rank_cli import checkpoint_steps, load_run
+    from archcmp.run_loading import read_run, saved_steps
 
-    steps = checkpoint_steps(load_run(tiny_run))
+    steps = saved_steps(read_run(tiny_run))
     assert steps == [2, 4]
     out = tmp_path / "rank"
     assert main(["rank", str(tiny_run.parent), "--out", str(out), "--examples", "4"]) == 0
@@ -211,14 +211,14 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
 
 def test_restore_matches_generic_checkpoint(tiny_run):
     """The typed restore (abstract target from nnx.split + optimizer shape) gives the saved parameters."""
-    from archcmp.analysis.rank_cli import _strip_value, load_run, restore_state
     from archcmp.checkpoint import Checkpointer
+    from archcmp.run_loading import _strip_value, read_run, restore_params
 
-    run = load_run(tiny_run)
+    run = read_run(tiny_run)
     _, state = nnx.split(build_model(run.model_cfg, run.summary["seed"]))
     ck = Checkpointer(tiny_run / "checkpoints", keep=None)
     try:
-        typed = nnx.to_pure_dict(restore_state(ck, run, 4, state))
+        typed = nnx.to_pure_dict(restore_params(ck, run, 4, state))
         generic = _strip_value(ck.restore(step=4, target=None)[0]["params"])
     finally:
         ck.close()
