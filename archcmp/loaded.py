@@ -46,11 +46,10 @@ class Loaded:
         """Texts -> model batch (numpy), one text a row; ``max_tokens`` truncates each text's ids."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
-        if max_tokens is None:  # what the model (or the run's row length) can hold
-            max_tokens = self.formatter.seq_len - 2 if self.formatter is not None else self.config.max_len
-        ids = [np.asarray(self.encode(t), np.int32)[:max_tokens] for t in texts]
         if self.formatter is not None:
-            return _formatted(self.formatter, ids)
+            return format_texts(self.formatter, self.encode, texts, max_tokens)
+        limit = self.config.max_len if max_tokens is None else max_tokens
+        ids = [np.asarray(self.encode(t), np.int32)[:limit] for t in texts]
         return text_batch(ids, self.arch, int(self.info.get("decoder_start_id", 0)))
 
 
@@ -84,12 +83,16 @@ def text_batch(ids: Sequence[np.ndarray], arch: str, decoder_start_id: int = 0) 
             "inputs": dtok, "segment_ids": dseg, "positions": dpos}
 
 
-def _formatted(formatter, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Our runs: the task layout of the run's formatter (its BOS/EOS conventions), one text a row;
-    encdec reads the text and reconstructs it."""
+def format_texts(formatter, encode: Callable[[str], np.ndarray], texts: Sequence[str],
+                 max_tokens: int | None = None) -> dict[str, np.ndarray]:
+    """Our runs: texts in the task layout of the run's formatter (its BOS/EOS conventions), one text
+    a row, each cut to ``max_tokens`` ids (default: what a row holds, ``seq_len - 2``); encdec reads
+    the text and reconstructs it."""
     from archcmp.data.example import Example
     from archcmp.data.formatters import format_examples
 
+    limit = formatter.seq_len - 2 if max_tokens is None else max_tokens
+    ids = [np.asarray(encode(t), np.int32)[:limit] for t in texts]
     empty = np.zeros(0, np.int32)
     examples = [Example(x, x if formatter.arch == "encdec" else empty) for x in ids]
     return format_examples(formatter, examples, len(examples), packing=False)
