@@ -202,8 +202,8 @@ def probe_states(graphdef, states, batch: dict, arch: str, name: str, norm: str 
         coll = cap_mod.collapse_from_hidden(variant_hidden, batch, norm)
         coll.insert(0, "step", step)
         coll_frames.append(coll)
-    for df in attn_frames[1:-1]:  # singular spectra only at the first and last step (memory)
-        df.drop(columns=["sv"], errors="ignore", inplace=True)
+    # singular spectra only at the first and last step (memory)
+    attn_frames[1:-1] = [df.drop(columns=["sv"], errors="ignore") for df in attn_frames[1:-1]]
     attn = pd.concat(attn_frames, ignore_index=True)
     coll = pd.concat(coll_frames, ignore_index=True)
     return attn, coll, {"steps": steps, "metric_seconds": t_metrics, "restore_seconds": t_restore}
