@@ -19,8 +19,16 @@ def _norm_params(cfg: ModelConfig) -> int:
     return 2 * cfg.d_model if cfg.norm == "layernorm" else cfg.d_model
 
 
+def _kv_dim(cfg: ModelConfig) -> int:
+    return cfg.kv_heads * cfg.head_size  # width of k (or v): fewer heads under grouped-query attention
+
+
 def _attention_params(cfg: ModelConfig) -> int:
-    return 4 * cfg.d_model * cfg.qkv_dim  # fused q,k,v [D,3,H,K] + out [H,K,D]
+    # q [D,H,K] + k,v [D,2,G,K] (fused [D,3,H,K] when G = H) + out [H,K,D]
+    n = 2 * cfg.d_model * cfg.qkv_dim + 2 * cfg.d_model * _kv_dim(cfg)
+    if cfg.use_bias:
+        n += cfg.qkv_dim + 2 * _kv_dim(cfg) + cfg.d_model
+    return n
 
 
 def _mlp_params(cfg: ModelConfig) -> int:
@@ -28,7 +36,8 @@ def _mlp_params(cfg: ModelConfig) -> int:
     if not cfg.mlp:
         return 0
     n_in = 2 if cfg.gated else 1
-    return cfg.d_model * cfg.d_ff * (n_in + 1) + _norm_params(cfg)
+    n = cfg.d_model * cfg.d_ff * (n_in + 1)
+    return n + (n_in * cfg.d_ff + cfg.d_model if cfg.use_bias else 0) + _norm_params(cfg)
 
 
 def block_params(cfg: ModelConfig, cross: bool = False) -> int:
@@ -48,7 +57,16 @@ def _position_params(cfg: ModelConfig) -> int:
 
 def stack_params(cfg: ModelConfig, n_layers: int, cross: bool = False) -> int:
     final = _norm_params(cfg) if cfg.norm_position == "pre" else 0
-    return n_layers * block_params(cfg, cross) + _position_params(cfg) + final
+    embed_norm = _norm_params(cfg) if cfg.embed_norm else 0
+    return n_layers * block_params(cfg, cross) + _position_params(cfg) + final + embed_norm
+
+
+def _head_params(cfg: ModelConfig) -> int:
+    """Untied kernel [D,V], MLM transform (dense [D,D] + bias + norm) and vocabulary bias."""
+    n = 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size
+    if cfg.head_transform:
+        n += cfg.d_model * cfg.d_model + cfg.d_model + _norm_params(cfg)
+    return n + (cfg.vocab_size if cfg.head_bias else 0)
 
 
 @dataclass(frozen=True)
@@ -63,15 +81,16 @@ class ParamCount:
 
 def count_params(cfg: ModelConfig) -> ParamCount:
     """Closed-form parameter count of ``build_model(cfg)``."""
-    token = cfg.vocab_size * cfg.d_model
-    head = 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size
+    token = (cfg.vocab_size + cfg.type_vocab_size) * cfg.d_model
+    head = _head_params(cfg)
     stacks = stack_params(cfg, cfg.enc_layers)
     n_pos_tables = 1
     if cfg.arch == "encdec":
         stacks += stack_params(cfg, cfg.dec_layers, cross=True)
         n_pos_tables = 2
     learned_pos = n_pos_tables * cfg.max_len * cfg.d_model if cfg.pos_encoding == "learned" else 0
-    return ParamCount(total=token + head + stacks, embedding=token + head + learned_pos)
+    vocab_head = (0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size) + (cfg.vocab_size if cfg.head_bias else 0)
+    return ParamCount(total=token + head + stacks, embedding=token + vocab_head + learned_pos)
 
 
 # ---- FLOPs -------------------------------------------------------------------------------
@@ -84,7 +103,7 @@ def _layer_forward_flops(cfg: ModelConfig, context: int, memory: int = 0) -> int
     """
     D, Q, F = cfg.d_model, cfg.qkv_dim, cfg.d_ff
     n_in = 2 if cfg.gated else 1
-    flops = 2 * D * 3 * Q + 2 * Q * D  # fused qkv + output projection
+    flops = 2 * D * (Q + 2 * _kv_dim(cfg)) + 2 * Q * D  # q, k, v + output projection
     flops += 2 * context * Q * 2  # scores q·k and probs·v over the full row
     if cfg.mlp:
         flops += 2 * D * F * n_in + 2 * F * D  # MLP
@@ -97,13 +116,13 @@ def _layer_forward_flops(cfg: ModelConfig, context: int, memory: int = 0) -> int
 def forward_flops(cfg: ModelConfig, seq_len: int, enc_len: int = 0) -> int:
     """Forward matmul FLOPs of one row: ``seq_len`` tokens (the decoder side for encdec) and,
     for encdec, ``enc_len`` encoder tokens."""
-    head = 2 * cfg.d_model * cfg.vocab_size
+    head = 2 * cfg.d_model * cfg.vocab_size + (2 * cfg.d_model * cfg.d_model if cfg.head_transform else 0)
     if cfg.arch != "encdec":
         return seq_len * (cfg.enc_layers * _layer_forward_flops(cfg, seq_len) + head)
     if enc_len <= 0:
         raise ValueError(f"enc_len={enc_len!r}: encdec FLOPs need the encoder length")
     enc = enc_len * cfg.enc_layers * _layer_forward_flops(cfg, enc_len)
-    memory_kv = enc_len * cfg.dec_layers * 2 * cfg.d_model * 2 * cfg.qkv_dim  # each decoder layer projects K,V of the memory
+    memory_kv = enc_len * cfg.dec_layers * 2 * cfg.d_model * 2 * _kv_dim(cfg)  # each decoder layer projects K,V of the memory
     dec = seq_len * (cfg.dec_layers * _layer_forward_flops(cfg, seq_len, memory=enc_len) + head)
     return enc + memory_kv + dec
 

@@ -15,7 +15,7 @@ ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu", "gelu_erf")  # "gelu" is the tanh approximation, "gelu_erf" exact
 ATTENTION_PATTERNS = ("dense", "local", "strided")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "dots", "full")
@@ -74,13 +74,24 @@ class ModelConfig:
     # False: attention-only blocks (no MLP sub-layer, no MLP norm; d_ff unused), the two-layer
     # attention-only transformers of the induction-head studies (Olsson et al. 2022).
     mlp: bool = True
+    # ---- options that express published checkpoints exactly (archcmp.pretrained); the defaults
+    # leave the model, its parameter tree and old checkpoints unchanged.
+    n_kv_heads: int | None = None  # grouped-query attention: key/value heads (None -> n_heads)
+    use_bias: bool = False  # a bias on every attention and MLP projection (GPT-2, BERT)
+    scale_attention: bool = True  # False: unscaled q·k scores (T5 folds 1/sqrt(K) into its init)
+    rel_causal: bool = False  # causal stacks use one-sided relative buckets (T5's decoder)
+    type_vocab_size: int = 0  # token-type (segment A/B) embeddings added to tokens (BERT); 0 = none
+    embed_norm: bool = False  # a norm over token + position embeddings before the first block (BERT)
+    head_transform: bool = False  # dense D->D + activation + norm before the vocabulary projection (BERT MLM)
+    head_bias: bool = False  # a bias on the vocabulary logits (BERT MLM)
+    tied_head_scale: bool = False  # the tied head sees its input times d_model**-0.5 (T5)
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHS)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len",
                      "rel_buckets", "rel_max_distance", "window", "stride"):
             _positive(name, getattr(self, name))
-        for name in ("n_enc_layers", "n_dec_layers", "head_dim"):
+        for name in ("n_enc_layers", "n_dec_layers", "head_dim", "n_kv_heads"):
             value = getattr(self, name)
             if value is not None:
                 _positive(name, value)
@@ -91,6 +102,9 @@ class ModelConfig:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
             _fail("n_heads", self.n_heads, f"d_model={self.d_model} is not divisible by n_heads; "
                   "set head_dim explicitly or pick another n_heads")
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            _fail("n_kv_heads", self.n_kv_heads, f"must divide n_heads={self.n_heads} (query heads share K/V heads)")
+        _positive("type_vocab_size", self.type_vocab_size, allow_zero=True)
         _choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         if not (isinstance(self.rope_theta, (int, float)) and not isinstance(self.rope_theta, bool)
                 and self.rope_theta > 0):
@@ -112,7 +126,8 @@ class ModelConfig:
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("remat", self.remat, REMAT)
-        for name in ("tie_embeddings", "scan_layers", "mlp"):
+        for name in ("tie_embeddings", "scan_layers", "mlp", "use_bias", "scale_attention", "rel_causal",
+                     "embed_norm", "head_transform", "head_bias", "tied_head_scale"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be true or false")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
@@ -135,6 +150,11 @@ class ModelConfig:
         return self.n_heads * self.head_size
 
     @property
+    def kv_heads(self) -> int:
+        """Key/value heads (grouped-query attention when fewer than ``n_heads``)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
     def enc_layers(self) -> int:
         """Depth of the bidirectional/causal single stack, or of the encdec encoder."""
         if self.arch == "encdec":
@@ -151,6 +171,11 @@ class ModelConfig:
     @property
     def gated(self) -> bool:
         return self.activation in ("swiglu", "geglu")
+
+    @property
+    def fused_qkv(self) -> bool:
+        """Self-attention keeps one [D, 3, H, K] kernel; grouped-query attention splits q and kv."""
+        return self.kv_heads == self.n_heads
 
     @property
     def causal(self) -> bool:

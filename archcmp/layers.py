@@ -63,9 +63,15 @@ class Embed(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.table = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg, ("vocab", "embed"), std=1.0 / math.sqrt(cfg.d_model))
+        if cfg.type_vocab_size:
+            self.type_table = _param(rngs, (cfg.type_vocab_size, cfg.d_model), cfg, ("token_types", "embed"))
 
-    def __call__(self, ids: Array) -> Array:
-        return jnp.take(_cast(self.table, self.cfg), ids, axis=0)  # [B, T] -> [B, T, D]
+    def __call__(self, ids: Array, token_types: Array | None = None) -> Array:
+        x = jnp.take(_cast(self.table, self.cfg), ids, axis=0)  # [B, T] -> [B, T, D]
+        if self.cfg.type_vocab_size:  # BERT's segment A/B embedding; type 0 when not given
+            types = jnp.zeros_like(ids) if token_types is None else token_types
+            x = x + jnp.take(_cast(self.type_table, self.cfg), types, axis=0)
+        return x
 
     def attend(self, x: Array) -> Array:
         return jnp.einsum("btd,vd->btv", x, _cast(self.table, self.cfg))  # [B, T, V]
@@ -93,11 +99,18 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
     return out.astype(x.dtype)
 
 
-def relative_buckets(offset: Array, n_buckets: int, max_distance: int) -> Array:
-    """T5 bucketing of key-minus-query offsets (bidirectional): exact near, log-spaced far."""
-    half = n_buckets // 2
-    bucket = jnp.where(offset > 0, half, 0)
-    dist = jnp.abs(offset)
+def relative_buckets(offset: Array, n_buckets: int, max_distance: int, causal: bool = False) -> Array:
+    """T5 bucketing of key-minus-query offsets: exact near, log-spaced far.
+
+    Bidirectional: half of the buckets for keys before the query, half for keys after. ``causal``
+    (T5's decoder): every bucket for keys at or before the query; later keys share bucket 0.
+    """
+    if causal:
+        half, bucket, dist = n_buckets, 0, jnp.maximum(-offset, 0)
+    else:
+        half = n_buckets // 2
+        bucket = jnp.where(offset > 0, half, 0)
+        dist = jnp.abs(offset)
     exact = half // 2
     is_small = dist < exact
     log_ratio = jnp.log(jnp.maximum(dist, 1).astype(jnp.float32) / exact) / math.log(max_distance / exact)
@@ -108,10 +121,11 @@ def relative_buckets(offset: Array, n_buckets: int, max_distance: int) -> Array:
 
 class Positions(nnx.Module):
     """Positional information of one stack: additive table (learned / sinusoidal) or the
-    T5 relative bias; RoPE lives in attention and 'none' adds nothing."""
+    T5 relative bias; RoPE lives in attention and 'none' adds nothing.  ``causal``: the stack's
+    relative bias uses one-sided buckets (``cfg.rel_causal`` on a causal stack)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, causal: bool = False):
+        self.cfg, self.causal = cfg, causal
         if cfg.pos_encoding == "learned":
             self.table = _param(rngs, (cfg.max_len, cfg.d_model), cfg, ("pos", "embed"))
         elif cfg.pos_encoding == "relative":
@@ -141,7 +155,7 @@ class Positions(nnx.Module):
             return None
         key_positions = positions if key_positions is None else key_positions
         offset = key_positions[:, None, :] - positions[:, :, None]  # [B, Tq, Tk], key - query
-        buckets = relative_buckets(offset, self.cfg.rel_buckets, self.cfg.rel_max_distance)
+        buckets = relative_buckets(offset, self.cfg.rel_buckets, self.cfg.rel_max_distance, self.causal)
         values = jnp.take(self.rel[...].astype(jnp.float32), buckets, axis=0)  # [B, Tq, Tk, H]
         return jnp.transpose(values, (0, 3, 1, 2))
 
@@ -168,9 +182,14 @@ class Norm(nnx.Module):
 
 
 # ---- attention ---------------------------------------------------------------------------
-def attend(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None) -> tuple[Array, Array]:
-    """Softmax attention.  q [B,T,H,K], k/v [B,S,H,K], mask [B,1,T,S] bool -> ([B,T,H,K], probs [B,H,T,S])."""
-    scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+def attend(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None,
+           scale: bool = True) -> tuple[Array, Array]:
+    """Softmax attention.  q [B,T,H,K], k/v [B,S,H,K], mask [B,1,T,S] bool -> ([B,T,H,K], probs [B,H,T,S]).
+
+    ``scale=False``: scores are plain q·k (T5)."""
+    scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32)
+    if scale:
+        scores = scores / math.sqrt(q.shape[-1])
     if bias is not None:
         scores = scores + bias
     scores = jnp.where(mask, scores, NEG_INF)
@@ -191,18 +210,45 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, cross: bool = False):
         self.cfg, self.cross = cfg, cross
-        D, H, K = cfg.d_model, cfg.n_heads, cfg.head_size
-        if cross:
+        D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
+        # Self-attention fuses q, k, v in one kernel unless grouped-query attention gives k/v fewer
+        # heads (G < H); then it has cross-attention's layout, q [D,H,K] and kv [D,2,G,K].
+        self.split = cross or not cfg.fused_qkv
+        names = ("q", "kv") if self.split else ("qkv",)
+        if self.split:
             self.q = _param(rngs, (D, H, K), cfg, ("embed", "heads", "kv"))
-            self.kv = _param(rngs, (D, 2, H, K), cfg, ("embed", "qkv", "heads", "kv"))
+            self.kv = _param(rngs, (D, 2, G, K), cfg, ("embed", "qkv", "heads", "kv"))
         else:
             self.qkv = _param(rngs, (D, 3, H, K), cfg, ("embed", "qkv", "heads", "kv"))
         self.out = _param(rngs, (H, K, D), cfg, ("heads", "kv", "embed"))
+        if cfg.use_bias:  # one bias per kernel, shaped like its output
+            for name in names:
+                shape = getattr(self, name).shape[1:]
+                axes = ("qkv", "heads", "kv")[-len(shape):]
+                setattr(self, f"{name}_bias", _logical(jnp.zeros(shape, _dtype(cfg.param_dtype)), axes))
+            self.out_bias = _logical(jnp.zeros((D,), _dtype(cfg.param_dtype)), ("embed",))
+
+    def _project(self, x: Array, name: str, spec: str) -> Array:
+        """x @ kernel ``name`` (+ its bias).  ``spec`` is the einsum of the kernel."""
+        y = jnp.einsum(spec, x, _cast(getattr(self, name), self.cfg))
+        if self.cfg.use_bias:
+            bias = _cast(getattr(self, f"{name}_bias"), self.cfg)
+            y = y + (bias[:, None, None] if spec.endswith("->nbthk") else bias)
+        return y
+
+    def _kv(self, x: Array) -> tuple[Array, Array]:
+        """Keys and values of the split layout, each K/V head repeated for its group of query heads.
+        x [B,S,D] -> k, v [B,S,H,K]."""
+        k, v = jnp.unstack(self._project(x, "kv", "btd,dnhk->nbthk"), axis=0)
+        rep = self.cfg.n_heads // self.cfg.kv_heads
+        if rep > 1:  # K/V head g serves query heads g*rep .. g*rep+rep-1
+            k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+        return k, v
 
     def memory_kv(self, memory: Array) -> dict[str, Array]:
         """Cross-attention keys/values of the encoder memory, computed once per sequence.
         memory [B,S,D] -> {"k", "v"} [B,S,H,K]."""
-        k, v = jnp.unstack(jnp.einsum("bsd,dnhk->nbshk", memory, _cast(self.kv, self.cfg)), axis=0)
+        k, v = self._kv(memory)
         return {"k": k, "v": v}
 
     def __call__(self, x: Array, mask: Array, positions: Array | None = None, memory: Array | None = None,
@@ -212,12 +258,15 @@ class Attention(nnx.Module):
         cfg = self.cfg
         new_cache = None
         if self.cross:
-            q = jnp.einsum("btd,dhk->bthk", x, _cast(self.q, cfg))
+            q = self._project(x, "q", "btd,dhk->bthk")
             kv = self.memory_kv(memory) if cache is None else cache
             k, v = kv["k"], kv["v"]
             new_cache = cache
         else:
-            q, k, v = jnp.unstack(jnp.einsum("btd,dnhk->nbthk", x, _cast(self.qkv, cfg)), axis=0)
+            if self.split:
+                q, (k, v) = self._project(x, "q", "btd,dhk->bthk"), self._kv(x)
+            else:
+                q, k, v = jnp.unstack(self._project(x, "qkv", "btd,dnhk->nbthk"), axis=0)
             if cfg.pos_encoding == "rope":
                 q = apply_rope(q, positions, cfg.rope_theta)
                 k = apply_rope(k, positions, cfg.rope_theta)
@@ -226,8 +275,10 @@ class Attention(nnx.Module):
                 k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
                 v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
                 new_cache = {"k": k, "v": v}
-        y, probs = attend(q, k, v, mask, bias)
+        y, probs = attend(q, k, v, mask, bias, scale=cfg.scale_attention)
         y = jnp.einsum("bthk,hkd->btd", y, _cast(self.out, cfg))
+        if cfg.use_bias:
+            y = y + _cast(self.out_bias, cfg)
         return (y, probs) if cache is None else (y, probs, new_cache)
 
 
@@ -239,9 +290,14 @@ class MLP(nnx.Module):
         n_in = 2 if cfg.gated else 1
         self.wi = _param(rngs, (cfg.d_model, n_in, cfg.d_ff), cfg, ("embed", "gate", "mlp"))
         self.wo = _param(rngs, (cfg.d_ff, cfg.d_model), cfg, ("mlp", "embed"))
+        if cfg.use_bias:
+            self.wi_bias = _logical(jnp.zeros((n_in, cfg.d_ff), _dtype(cfg.param_dtype)), ("gate", "mlp"))
+            self.wo_bias = _logical(jnp.zeros((cfg.d_model,), _dtype(cfg.param_dtype)), ("embed",))
 
     def __call__(self, x: Array) -> Array:
         h = jnp.einsum("btd,dnf->btnf", x, _cast(self.wi, self.cfg))  # [B, T, n, F]: no transposed copy
+        if self.cfg.use_bias:
+            h = h + _cast(self.wi_bias, self.cfg)
         if self.cfg.remat == "none":
             # Even without layer remat, the backward keeps only the activation's input (as torch's
             # fused GELU does), not every intermediate of the tanh formula: under the layer scan
@@ -249,13 +305,21 @@ class MLP(nnx.Module):
             h = jax.checkpoint(_activation, static_argnums=(0,))(self.cfg.activation, h)
         else:
             h = _activation(self.cfg.activation, h)  # the layer's remat policy decides
-        return jnp.einsum("btf,fd->btd", h, _cast(self.wo, self.cfg))
+        y = jnp.einsum("btf,fd->btd", h, _cast(self.wo, self.cfg))
+        return y + _cast(self.wo_bias, self.cfg) if self.cfg.use_bias else y
+
+
+def activation(act: str, x: Array) -> Array:
+    """The non-gated activations: "gelu" (tanh approximation), "gelu_erf" (exact), "relu"."""
+    if act == "relu":
+        return jax.nn.relu(x)
+    return jax.nn.gelu(x, approximate=act != "gelu_erf")
 
 
 def _activation(act: str, h: Array) -> Array:
     """[B, T, n, F] -> [B, T, F]: GELU / ReLU of slot 0, or slot 0 gated by slot 1."""
-    if act == "gelu":
-        return jax.nn.gelu(h[..., 0, :])
+    if act in ("gelu", "gelu_erf"):
+        return activation(act, h[..., 0, :])
     if act == "relu":
         return jax.nn.relu(h[..., 0, :])
     if act == "swiglu":
@@ -313,9 +377,11 @@ class Stack(nnx.Module):
     """L blocks with stacked parameters [L, ...], applied by ``lax.scan`` (compile time flat
     in depth) or by a Python loop over the same parameters (``cfg.scan_layers=False``)."""
 
-    def __init__(self, cfg: ModelConfig, n_layers: int, rngs: nnx.Rngs, cross: bool = False):
+    def __init__(self, cfg: ModelConfig, n_layers: int, rngs: nnx.Rngs, cross: bool = False, causal: bool = False):
         self.cfg, self.n_layers, self.cross = cfg, n_layers, cross
-        self.positions = Positions(cfg, rngs)
+        self.positions = Positions(cfg, rngs, causal=causal and cfg.rel_causal)
+        if cfg.embed_norm:
+            self.embed_norm = Norm(cfg)
 
         @nnx.split_rngs(splits=n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -324,6 +390,11 @@ class Stack(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = Norm(cfg) if cfg.norm_position == "pre" else None
+
+    def embed_inputs(self, x: Array, positions: Array) -> Array:
+        """The input of the first block: embedded tokens [B,T,D] + additive positions (+ ``embed_norm``)."""
+        x = self.positions.add(x, positions)
+        return self.embed_norm(x) if self.cfg.embed_norm else x
 
     def memory_kv(self, memory: Array) -> dict[str, Array]:
         """Cross-attention keys/values of every layer, for a KV cache.  memory [B,S,D] -> {"k","v"} [L,B,S,H,K]."""
@@ -341,7 +412,7 @@ class Stack(nnx.Module):
         ``[B,1,T,S_max]`` and ``key_positions`` [B, S_max] the positions of the cached keys (for the
         relative bias). Returns ``(y, extras, new_cache)``.
         """
-        x = self.positions.add(x, positions)
+        x = self.embed_inputs(x, positions)
         bias = self.positions.bias(positions, key_positions)
         graphdef, params = nnx.split(self.blocks)
         keys = None if key is None else jax.random.split(key, self.n_layers)

@@ -33,25 +33,38 @@ from flax import nnx
 
 from archcmp import masks
 from archcmp.config import ModelConfig
-from archcmp.layers import Embed, Stack, _param, _cast, dropout
+from archcmp.layers import Embed, Norm, Stack, _cast, _logical, _param, activation, dropout
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 
 
 class _Head(nnx.Module):
-    """Output projection D -> V: the tied embedding or its own kernel."""
+    """Output projection D -> V: the tied embedding or its own kernel; optionally BERT's MLM
+    transform before it (``head_transform``) and a vocabulary bias (``head_bias``)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         if not cfg.tie_embeddings:
             self.kernel = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg, ("embed", "vocab"))
+        if cfg.head_transform:
+            self.dense = _param(rngs, (cfg.d_model, cfg.d_model), cfg, ("embed", "mlp"))
+            self.dense_bias = _logical(jnp.zeros((cfg.d_model,), jnp.dtype(cfg.param_dtype)), ("mlp",))
+            self.norm = Norm(cfg)
+        if cfg.head_bias:
+            self.bias = _logical(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)), ("vocab",))
 
     def __call__(self, x: Array, embed: Embed) -> Array:
-        if self.cfg.tie_embeddings:
-            logits = embed.attend(x)
+        cfg = self.cfg
+        if cfg.head_transform:  # [B, T, D] -> [B, T, D]
+            x = jnp.einsum("btd,de->bte", x, _cast(self.dense, cfg)) + _cast(self.dense_bias, cfg)
+            x = self.norm(activation(cfg.activation, x))
+        if cfg.tie_embeddings:
+            logits = embed.attend(x * cfg.d_model ** -0.5 if cfg.tied_head_scale else x)
         else:
-            logits = jnp.einsum("btd,dv->btv", x, _cast(self.kernel, self.cfg))
+            logits = jnp.einsum("btd,dv->btv", x, _cast(self.kernel, cfg))
+        if cfg.head_bias:
+            logits = logits + _cast(self.bias, cfg)
         return logits.astype(jnp.float32)  # [B, T, V]
 
 
@@ -104,7 +117,7 @@ class SingleStackLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(cfg, rngs)
-        self.stack = Stack(cfg, cfg.enc_layers, rngs)
+        self.stack = Stack(cfg, cfg.enc_layers, rngs, causal=cfg.arch == "decoder")
         self.head = _Head(cfg, rngs)
 
     def mask(self, batch: Batch) -> Array:
@@ -135,7 +148,7 @@ class SingleStackLM(nnx.Module):
         if cache is not None:
             _no_extras_with_cache(return_attention, return_hidden)
             return self._cached(batch, cache)
-        x = self.embed(batch["inputs"])  # [B, T, D]
+        x = self.embed(batch["inputs"], batch.get("token_types"))  # [B, T, D]
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = dropout(x, self.cfg.dropout, keys[0])
         h, extras = self.stack(x, self.mask(batch), batch["positions"], key=keys[1],
@@ -153,7 +166,7 @@ class EncoderDecoder(nnx.Module):
         self.cfg = cfg
         self.embed = Embed(cfg, rngs)
         self.encoder = Stack(cfg, cfg.enc_layers, rngs)
-        self.decoder = Stack(cfg, cfg.dec_layers, rngs, cross=True)
+        self.decoder = Stack(cfg, cfg.dec_layers, rngs, cross=True, causal=True)
         self.head = _Head(cfg, rngs)
 
     def encode(self, enc_inputs: Array, enc_segment_ids: Array, enc_positions: Array,

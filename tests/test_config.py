@@ -171,7 +171,7 @@ def test_single_stack_layers(arch):
 
 
 def test_gated_and_causal_flags():
-    assert [ModelConfig(activation=a).gated for a in ACTIVATIONS] == [False, False, True, True]
+    assert [ModelConfig(activation=a).gated for a in ACTIVATIONS] == [False, False, True, True, False]
     assert [ModelConfig(arch=a).causal for a in ARCHS] == [False, True, True, True]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -175,9 +176,9 @@ def tiny_run(tmp_path_factory):
 
 def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
     from archcmp.analysis.cli import main
-    from archcmp.analysis.rank_cli import checkpoint_steps, load_run
+    from archcmp.run_loading import read_run, saved_steps
 
-    steps = checkpoint_steps(load_run(tiny_run))
+    steps = saved_steps(read_run(tiny_run))
     assert steps == [2, 4]
     out = tmp_path / "rank"
     assert main(["rank", str(tiny_run.parent), "--out", str(out), "--examples", "4"]) == 0
@@ -211,14 +212,14 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
 
 def test_restore_matches_generic_checkpoint(tiny_run):
     """The typed restore (abstract target from nnx.split + optimizer shape) gives the saved parameters."""
-    from archcmp.analysis.rank_cli import _strip_value, load_run, restore_state
     from archcmp.checkpoint import Checkpointer
+    from archcmp.run_loading import _strip_value, read_run, restore_params
 
-    run = load_run(tiny_run)
+    run = read_run(tiny_run)
     _, state = nnx.split(build_model(run.model_cfg, run.summary["seed"]))
     ck = Checkpointer(tiny_run / "checkpoints", keep=None)
     try:
-        typed = nnx.to_pure_dict(restore_state(ck, run, 4, state))
+        typed = nnx.to_pure_dict(restore_params(ck, run, 4, state))
         generic = _strip_value(ck.restore(step=4, target=None)[0]["params"])
     finally:
         ck.close()
@@ -229,3 +230,86 @@ def test_restore_matches_generic_checkpoint(tiny_run):
         np.testing.assert_array_equal(np.asarray(flat_t[k]), np.asarray(flat_g[k]))
     init = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state)))
     assert any(not np.array_equal(np.asarray(init[k]), np.asarray(flat_t[k])) for k in flat_t)
+
+
+# ----------------------------------------------------------------------------- public API
+GOLDEN_GPT2 = Path(__file__).parent / "goldens" / "pretrained" / "gpt2"
+
+
+def _readme_recipe(tag: str) -> str:
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    m = re.search(rf"<!-- recipe: {tag} -->\n```python\n(.*?)```", readme, re.S)
+    assert m, f"README recipe {tag} not found"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("tag", ["load_run", "load_pretrained"])
+def test_readme_recipes_run_as_written(tag, tiny_run, capsys):
+    """The README's analysis recipes, executed with only the directory swapped."""
+    import re
+
+    code = _readme_recipe(tag)
+    assert len(code.strip().splitlines()) <= 10
+    where = tiny_run if tag == "load_run" else GOLDEN_GPT2
+    code, n = re.subn(rf'{tag}\("[^"]*"', f'{tag}({str(where)!r}', code)
+    assert n == 1
+    exec(compile(code, f"README:{tag}", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[:2] == (["prefix_lm", "4"] if tag == "load_run" else ["gpt2", "decoder"])
+
+
+def test_load_run_matches_the_probe_restore(tiny_run):
+    """load_run gives the checkpoint's parameters (== the probe's typed restore), and attention /
+    hidden_states cut each text's own block: causal rows, prefix columns, rows summing to one."""
+    from archcmp import attention, hidden_states, load_run
+    from archcmp.checkpoint import Checkpointer
+    from archcmp.run_loading import read_run, restore_params
+
+    run = read_run(tiny_run)
+    _, state = nnx.split(build_model(run.model_cfg, run.summary["seed"]))
+    with Checkpointer(tiny_run / "checkpoints", keep=None) as ck:
+        want = nnx.to_pure_dict(restore_params(ck, run, 2, state))
+    loaded = load_run(tiny_run, step=2)
+    got = nnx.to_pure_dict(nnx.state(loaded.model))
+    for (k, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves_with_path(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(k))
+    with pytest.raises(ValueError, match=r"step=3: no checkpoint .* saved steps: \[2, 4\]"):
+        load_run(tiny_run, step=3)
+    texts = ["12+3=", "7*8=56"]
+    batch = loaded.batch(texts)
+    n = [int((batch["segment_ids"][i] > 0).sum()) for i in range(2)]
+    att = attention(loaded, texts)["self"]
+    hid = hidden_states(loaded, texts)["stack"]
+    cfg = loaded.config
+    assert [a.shape for a in att] == [(cfg.n_layers, cfg.n_heads, k, k) for k in n]
+    assert [h.shape for h in hid] == [(cfg.n_layers + 1, k, cfg.d_model) for k in n]
+    for i, a in enumerate(att):
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+        # prefix_lm with the whole text as the task prompt: the prefix tokens all see each other
+        p = int(batch["prefix_mask"][i].sum())
+        assert p >= len(texts[i]) and np.all(a[..., :p, :p] > 0)
+
+
+def test_rank_cli_pretrained_with_texts(tiny_run, tmp_path):
+    """--pretrained DIR --texts FILE: the imported model (step 1) beside its random init (step 0),
+    and the run probed on the same texts, in one table."""
+    from archcmp.analysis.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("w1 w2 w3 w4\n\nw5 w6 w7\nw8 w9\n")
+    out = tmp_path / "rank"
+    assert main(["rank", str(tiny_run), "--pretrained", str(GOLDEN_GPT2), "--texts", str(texts),
+                 "--out", str(out)]) == 0
+    df = pd.read_csv(out / "metrics.csv")
+    gpt = df[df["run"] == "gpt2"]
+    assert sorted(gpt["step"].unique()) == [0, 1]
+    assert sorted(gpt.groupby(["step", "batch"])["n"].first().loc[1]) == [2, 3, 4]  # one block per text
+    assert len(gpt) == 2 * 3 * 2 * 4  # steps x texts x layers x heads
+    ran = df[df["run"] != "gpt2"]
+    assert set(ran["batch"]) == {0, 1, 2} and sorted(ran["step"].unique()) == [0, 2, 4]
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["fingerprint"].nunique() == 1  # the same texts for both models
+    assert "gpt2" in (out / "table.md").read_text()
+    assert main(["rank", "--pretrained", str(GOLDEN_GPT2)]) == 2  # texts are required

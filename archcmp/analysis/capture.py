@@ -84,7 +84,8 @@ def _is_encdec(model) -> bool:
 
 def model_batch(batch: Mapping[str, Any]) -> dict[str, jax.Array]:
     """The model inputs of a formatter batch as jax arrays (targets / weights dropped)."""
-    keep = ("inputs", "segment_ids", "positions", "prefix_mask", "enc_inputs", "enc_segment_ids", "enc_positions")
+    keep = ("inputs", "segment_ids", "positions", "prefix_mask", "token_types", "enc_inputs", "enc_segment_ids",
+            "enc_positions")
     return {k: jnp.asarray(batch[k]) for k in keep if k in batch}
 
 
@@ -165,7 +166,7 @@ def run_stack(stack, x, mask, positions, variant: str = "full", memory=None, cro
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     skip, use_mlp = _VARIANT_FLAGS[variant]
     pre = stack.cfg.norm_position == "pre"
-    x = stack.positions.add(x, positions)
+    x = stack.embed_inputs(x, positions)
     bias = stack.positions.bias(positions)
     graphdef, params = nnx.split(stack.blocks)
     out = [x]
@@ -184,7 +185,7 @@ def _variants(model, mb: Mapping[str, jax.Array], variants) -> dict[str, jax.Arr
     cfg = model.cfg
     out = {}
     if not _is_encdec(model):
-        x, mask = model.embed(mb["inputs"]), model.mask(mb)
+        x, mask = model.embed(mb["inputs"], mb.get("token_types")), model.mask(mb)
         for v in variants:
             out[f"stack/{v}"] = run_stack(model.stack, x, mask, mb["positions"], v)
         return out

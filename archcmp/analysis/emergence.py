@@ -84,14 +84,15 @@ def collect(args, run_dirs: list[Path]) -> dict:
 
     from archcmp.analysis import emergence_eval as ev
     from archcmp.analysis import emergence_metrics as em
-    from archcmp.analysis.rank_cli import TaskCache, load_run
+    from archcmp.analysis.rank_cli import TaskCache
+    from archcmp.run_loading import read_run
 
     tasks, probe_cache = TaskCache(), {}
     long_rows, example_frames, pl_records, infos = [], [], [], []
     bar = tqdm(run_dirs, desc="emergence", unit="run", dynamic_ncols=True)
     for d in bar:
         try:
-            run = load_run(d)
+            run = read_run(d)
             bar.set_postfix_str(run.name, refresh=False)
             key = (run.config["task"]["name"], repr(run.config["task"].get("params")), run.config["task"]["seq_len"])
             if key not in probe_cache:

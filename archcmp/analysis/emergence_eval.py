@@ -141,11 +141,11 @@ def evaluate_run(run, probes: ProbeSet, dcfg, steps: str = "final", rng_seed: in
     """
     from flax import nnx
 
-    from archcmp.analysis.rank_cli import checkpoint_steps, restore_state
+    from archcmp.run_loading import restore_params, saved_steps
     from archcmp.checkpoint import Checkpointer
     from archcmp.models import build_model
 
-    saved = checkpoint_steps(run)
+    saved = saved_steps(run)
     if not saved:
         raise FileNotFoundError(f"{run.run_dir}/checkpoints: no checkpoint to restore")
     if steps == "final":
@@ -163,7 +163,7 @@ def evaluate_run(run, probes: ProbeSet, dcfg, steps: str = "final", rng_seed: in
     try:
         for step in wanted:
             t0 = time.perf_counter()
-            model = nnx.merge(graphdef, restore_state(ck, run, step, init_state))
+            model = nnx.merge(graphdef, restore_params(ck, run, step, init_state))
             pred = decode_answers(model, probes, dcfg, rng_seed)
             frame, pl = score(pred, probes, teacher_forced(model, probes))
             records.append({"step": step, "frame": frame, "pl": pl, "seconds": time.perf_counter() - t0})

@@ -1,4 +1,10 @@
-"""``archcmp-analyze rank PATH [PATH...] [--out DIR] [--examples N] [--wandb]``: the attention-rank probe.
+"""``archcmp-analyze rank PATH [PATH...] [--pretrained DIR --texts FILE] [--out DIR] [--examples N] [--wandb]``:
+the attention-rank probe.
+
+``--pretrained DIR`` (repeatable) adds an imported checkpoint (:func:`archcmp.load_pretrained`),
+probed on the ``--texts`` file (one text a line) at step 1, beside a random initialisation of
+the same architecture at step 0. With ``--texts``, runs are probed on the same texts (in their
+own task layout and tokenizer) instead of their task's validation examples.
 
 For every run under the PATHs (a run directory with ``summary.json`` and ``checkpoints/``, or a
 sweep directory holding several) and every saved checkpoint step, plus step 0 = the freshly
@@ -37,11 +43,16 @@ import pandas as pd
 from archcmp.analysis.wandb_log import add_options, log_outputs
 
 from archcmp.analysis.rank_report import write_table
+from archcmp.run_loading import RunInfo, read_run, restore_params, saved_steps
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archcmp-analyze rank", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
+    p.add_argument("paths", nargs="*", type=Path, help="run directories or sweep directories")
+    p.add_argument("--pretrained", action="append", type=Path, default=[], metavar="DIR",
+                   help="an imported checkpoint directory (config.json + *.safetensors + tokenizer.json); repeatable")
+    p.add_argument("--texts", type=Path, default=None, metavar="FILE",
+                   help="probe texts, one a line: every model (runs too) reads these instead of task examples")
     p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/rank)")
     p.add_argument("--examples", type=int, default=16, help="held-out examples in the probe batch (default 16)")
     p.add_argument("--steps", default="all", help="'all' (default) or comma-separated checkpoint steps (0 = init)")
@@ -99,30 +110,6 @@ class blas_threads:
 
 
 # ----------------------------------------------------------------------------- runs
-@dataclass
-class RunInfo:
-    run_dir: Path
-    summary: dict
-    config: dict     # resolved .hydra/config.yaml
-    model_cfg: Any   # ModelConfig
-
-    @property
-    def name(self) -> str:
-        return str(self.summary.get("run_name") or self.run_dir.name)
-
-    @property
-    def arch(self) -> str:
-        return self.model_cfg.arch
-
-    @property
-    def heads_tag(self) -> str:
-        return f"h{self.model_cfg.n_heads}x{self.model_cfg.head_size}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.arch} {self.summary.get('size', '?')} {self.heads_tag}"
-
-
 def find_runs(paths) -> list[Path]:
     """Run directories (with ``summary.json``) under ``paths``, de-duplicated, in order."""
     from archcmp.analysis.runs import find_run_dirs
@@ -134,19 +121,6 @@ def find_runs(paths) -> list[Path]:
                 seen.add(d.resolve())
                 out.append(d)
     return out
-
-
-def load_run(run_dir: Path) -> RunInfo:
-    from omegaconf import OmegaConf
-
-    from archcmp.config import ModelConfig
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: missing (the task parameters are read from it)")
-    config = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
-    return RunInfo(run_dir, summary, config, ModelConfig(**summary["model"]))
 
 
 class TaskCache:
@@ -164,129 +138,163 @@ class TaskCache:
         return self._tasks[key]
 
 
-def probe_batch(run: RunInfo, examples: int, tasks: TaskCache) -> tuple[dict, str, int]:
-    """(batch, data fingerprint of its examples, number of examples) for ``run``."""
+def probe_batch(run: RunInfo, examples: int, tasks: TaskCache, texts: list[str] | None = None) -> tuple[dict, str, int]:
+    """(batch, data fingerprint of its examples, number of examples) for ``run``: the task's first
+    validation examples, or ``texts`` (one a row, in the run's task layout) when given."""
     from archcmp.data import eval_batches, fingerprint
+    from archcmp.loaded import format_texts
 
     tcfg = run.config["task"]
     task = tasks.get(run.summary.get("task") or tcfg["name"], dict(tcfg.get("params") or {}))
     T = int(tcfg["seq_len"])
     enc_len = int(tcfg.get("enc_len") or T) if run.arch == "encdec" else None
+    if texts is not None:
+        from archcmp.data.formatters import make_formatter
+
+        batch = format_texts(make_formatter(run.arch, T, enc_len), task.tokenizer.encode, texts)
+        return batch, texts_fingerprint(texts), len(texts)
     batches, exs = eval_batches(task, "validation", run.arch, T, examples, examples, seed=0, enc_len=enc_len)
     if not exs:
         raise ValueError(f"{run.run_dir}: no validation example fits task.seq_len={T}")
     return batches[0], fingerprint(exs), len(exs)
 
 
-def checkpoint_steps(run: RunInfo) -> list[int]:
-    from archcmp.checkpoint import Checkpointer
-
-    d = run.run_dir / "checkpoints"
-    if not d.is_dir():
-        return []
-    ck = Checkpointer(d, keep=None)
-    try:
-        return ck.all_steps()
-    finally:
-        ck.close()
-
-
-def _restore_target(run: RunInfo, state):
-    """Abstract target of a saved train state: ``{"params": <model state>, "opt_state": ...}``."""
-    import jax
-
-    from archcmp.optim import make_optimizer
-    from archcmp.run_config import parse
-
-    s, _ = parse(run.config)
-    tx = make_optimizer(s.optim, s.train.steps)
-    return {"params": jax.eval_shape(lambda x: x, state), "opt_state": jax.eval_shape(tx.init, state)}
-
-
-def _strip_value(tree):
-    if isinstance(tree, dict):
-        if set(tree) == {"value"}:
-            return tree["value"]
-        return {k: _strip_value(v) for k, v in tree.items()}
-    return tree
-
-
-def restore_state(ck, run: RunInfo, step: int, state):
-    """Model parameters of checkpoint ``step`` as an nnx State shaped like ``state``."""
-    from flax import nnx
-
-    try:
-        restored, _ = ck.restore(step=step, target=_restore_target(run, state))
-        return restored["params"]
-    except Exception as err:  # noqa: BLE001 - e.g. optimizer settings changed: fall back to a generic restore
-        warnings.warn(f"{run.name} step {step}: typed restore failed ({type(err).__name__}); "
-                      "restoring without a target", RuntimeWarning, stacklevel=2)
-        restored, _ = ck.restore(step=step, target=None)
-        new = nnx.clone(state) if hasattr(nnx, "clone") else state
-        nnx.replace_by_pure_dict(new, _strip_value(restored["params"]))
-        return new
-
-
 # ----------------------------------------------------------------------------- per run
-def analyze_run(run: RunInfo, examples: int, tasks: TaskCache, steps: str = "all", norm: str = "l1inf",
-                ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Metrics of every step of one run.  -> (attention metrics, rank collapse, info)."""
+def texts_fingerprint(texts: list[str]) -> str:
+    """Fingerprint of a list of probe texts (equal across models probed on the same file)."""
+    import hashlib
+
+    return "texts:" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+
+
+def probe_states(graphdef, states, batch: dict, arch: str, name: str, norm: str = "l1inf") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Rank metrics and rank collapse of one model structure at several parameter states.
+
+    ``states`` yields ``(step, state)`` (restoring lazily); spectra are kept for the first and last
+    step. -> (attention metrics, collapse, timings). The columns ``step`` first; the caller adds
+    the model's description columns with :func:`finish_frames`.
+    """
     from flax import nnx
 
     from archcmp.analysis import capture as cap_mod
-    from archcmp.checkpoint import Checkpointer
-    from archcmp.models import build_model
 
-    t0 = time.perf_counter()
-    batch, fp, n_ex = probe_batch(run, examples, tasks)
-    model = build_model(run.model_cfg, int(run.summary.get("seed", 0)))
-    graphdef, init_state = nnx.split(model)
     probe_fn = cap_mod.make_probe(graphdef)
-    saved = checkpoint_steps(run)
-    wanted = [0] + saved
-    if steps != "all":
-        keep = {int(s) for s in steps.split(",")}
-        wanted = [s for s in wanted if s in keep]
-    ck = Checkpointer(run.run_dir / "checkpoints", keep=None) if saved else None
-    attn_frames, coll_frames = [], []
+    attn_frames, coll_frames, steps = [], [], []
     t_metrics = t_restore = 0.0
-    try:
-        for step in wanted:
-            tr = time.perf_counter()
-            state = init_state if step == 0 else restore_state(ck, run, step, init_state)
-            t_restore += time.perf_counter() - tr
-            m = nnx.merge(graphdef, state)
-            cap, variant_hidden = cap_mod.probe(m, batch, probe_fn, state)
-            if not all(np.isfinite(v).all() for v in cap.attention.values()):
-                warnings.warn(f"{run.name} step {step}: non-finite attention probabilities", RuntimeWarning)
-            tm = time.perf_counter()
-            df = cap_mod.capture_metrics(cap, batch, run.arch, keep_spectra=step in (0, wanted[-1]))
-            t_metrics += time.perf_counter() - tm
-            df.insert(0, "step", step)
-            attn_frames.append(df)
-            coll = cap_mod.collapse_from_hidden(variant_hidden, batch, norm)
-            coll.insert(0, "step", step)
-            coll_frames.append(coll)
-    finally:
-        if ck is not None:
-            ck.close()
-    meta = {"run": run.name, "arch": run.arch, "size": run.summary.get("size"), "n_heads": run.model_cfg.n_heads,
-            "head_size": run.model_cfg.head_size, "d_model": run.model_cfg.d_model, "label": run.label,
-            "heads_tag": run.heads_tag}
+    states = iter(states)
+    while True:
+        tr = time.perf_counter()
+        item = next(states, None)
+        t_restore += time.perf_counter() - tr
+        if item is None:
+            break
+        step, state = item
+        steps.append(step)
+        m = nnx.merge(graphdef, state)
+        cap, variant_hidden = cap_mod.probe(m, batch, probe_fn, state)
+        if not all(np.isfinite(v).all() for v in cap.attention.values()):
+            warnings.warn(f"{name} step {step}: non-finite attention probabilities", RuntimeWarning)
+        tm = time.perf_counter()
+        df = cap_mod.capture_metrics(cap, batch, arch, keep_spectra=True)
+        t_metrics += time.perf_counter() - tm
+        df.insert(0, "step", step)
+        attn_frames.append(df)
+        coll = cap_mod.collapse_from_hidden(variant_hidden, batch, norm)
+        coll.insert(0, "step", step)
+        coll_frames.append(coll)
+    # singular spectra only at the first and last step (memory)
+    attn_frames[1:-1] = [df.drop(columns=["sv"], errors="ignore") for df in attn_frames[1:-1]]
     attn = pd.concat(attn_frames, ignore_index=True)
     coll = pd.concat(coll_frames, ignore_index=True)
+    return attn, coll, {"steps": steps, "metric_seconds": t_metrics, "restore_seconds": t_restore}
+
+
+def finish_frames(attn: pd.DataFrame, coll: pd.DataFrame, meta: dict) -> None:
+    """Prefix the model's description columns (``meta``) and derived sign/logdet columns, in place."""
     for frame in (attn, coll):
         for i, (k, v) in enumerate(meta.items()):
             frame.insert(i, k, v)
     attn["abs_logdet_diff"] = attn["logdet_diff"].abs()
     tri = attn["is_triangular"].astype(bool)  # exact det > 0 there: a generic sign != +1 is an LU failure
     attn["sign_mismatch"] = np.where(tri, (attn["slogdet_sign"] != 1).astype(float), np.nan)
+
+
+def analyze_run(run: RunInfo, examples: int, tasks: TaskCache, steps: str = "all", norm: str = "l1inf",
+                texts: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Metrics of every step of one run.  -> (attention metrics, rank collapse, info)."""
+    from flax import nnx
+
+    from archcmp.checkpoint import Checkpointer
+    from archcmp.models import build_model
+
+    t0 = time.perf_counter()
+    batch, fp, n_ex = probe_batch(run, examples, tasks, texts)
+    graphdef, init_state = nnx.split(build_model(run.model_cfg, run.seed))
+    saved = saved_steps(run)
+    wanted = [0] + saved
+    if steps != "all":
+        keep = {int(s) for s in steps.split(",")}
+        wanted = [s for s in wanted if s in keep]
+    ck = Checkpointer(run.run_dir / "checkpoints", keep=None) if saved else None
+    states = ((s, init_state if s == 0 else restore_params(ck, run, s, init_state)) for s in wanted)
+    try:
+        attn, coll, timing = probe_states(graphdef, states, batch, run.arch, run.name, norm)
+    finally:
+        if ck is not None:
+            ck.close()
+    meta = {"run": run.name, "arch": run.arch, "size": run.summary.get("size"), "n_heads": run.model_cfg.n_heads,
+            "head_size": run.model_cfg.head_size, "d_model": run.model_cfg.d_model, "label": run.label,
+            "heads_tag": run.heads_tag}
+    finish_frames(attn, coll, meta)
     info = {**meta, "steps": wanted, "saved_steps": saved, "examples": n_ex, "fingerprint": fp,
-            "matrices": len(attn), "metric_seconds": t_metrics, "restore_seconds": t_restore,
+            "matrices": len(attn), "metric_seconds": timing["metric_seconds"],
+            "restore_seconds": timing["restore_seconds"],
             "seconds": time.perf_counter() - t0, "eval_loss": run.summary.get("eval_loss"),
             "params": run.summary.get("params_total"), "status": run.summary.get("status"),
             "final_step": max(wanted)}
     return attn, coll, info
+
+
+PRETRAINED_STEP = 1  # the imported parameters; step 0 is a fresh initialisation of the same config
+
+
+def analyze_pretrained(directory: Path, texts: list[str], norm: str = "l1inf") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Metrics of an imported checkpoint on ``texts`` (step 1) beside a random initialisation of the
+    same architecture (step 0, seed 0), like a run's init -> trained.  -> (attention, collapse, info)."""
+    import jax
+    from flax import nnx
+
+    from archcmp.accounting import count_params
+    from archcmp.models import build_model
+    from archcmp.pretrained import load_pretrained
+
+    t0 = time.perf_counter()
+    loaded = load_pretrained(directory)
+    cfg = loaded.config
+    batch = loaded.batch(texts)
+    graphdef, state = nnx.split(loaded.model)
+    init_state = jax.jit(lambda: nnx.split(build_model(cfg, 0))[1])()
+    name = loaded.info["name"]
+    attn, coll, timing = probe_states(graphdef, [(0, init_state), (PRETRAINED_STEP, state)], batch, cfg.arch, name, norm)
+    heads_tag = f"h{cfg.n_heads}x{cfg.head_size}"
+    meta = {"run": name, "arch": cfg.arch, "size": name, "n_heads": cfg.n_heads, "head_size": cfg.head_size,
+            "d_model": cfg.d_model, "label": f"{name} ({loaded.info['model_type']}, {cfg.arch}) {heads_tag}",
+            "heads_tag": heads_tag}
+    finish_frames(attn, coll, meta)
+    info = {**meta, "steps": timing["steps"], "saved_steps": [PRETRAINED_STEP], "examples": len(texts),
+            "fingerprint": texts_fingerprint(texts), "matrices": len(attn),
+            "metric_seconds": timing["metric_seconds"], "restore_seconds": loaded.info["load_seconds"],
+            "seconds": time.perf_counter() - t0, "eval_loss": None, "params": count_params(cfg).total,
+            "status": "pretrained", "final_step": PRETRAINED_STEP}
+    return attn, coll, info
+
+
+def read_texts(path: Path) -> list[str]:
+    """One text a line; blank lines skipped."""
+    texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"--texts {path}: no non-blank line")
+    return texts
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -391,23 +399,32 @@ def _run(args) -> int:
     from archcmp.train import _quiet_libraries
 
     _quiet_libraries()
-    out = args.out or (args.paths[0] / "analysis" / "rank")
+    if not args.paths and not args.pretrained:
+        print("rank: give run/sweep PATHs and/or --pretrained DIR", file=sys.stderr)
+        return 2
+    if args.pretrained and args.texts is None:
+        print("rank: --pretrained needs --texts FILE (one probe text a line)", file=sys.stderr)
+        return 2
+    out = args.out or ((args.paths[0] if args.paths else args.pretrained[0]) / "analysis" / "rank")
     t0 = time.perf_counter()
+    texts = read_texts(args.texts) if args.texts is not None else None
     try:
         run_dirs = find_runs(args.paths)
     except FileNotFoundError as err:
         print(f"rank: {err}", file=sys.stderr)
         return 2
-    if not run_dirs:
+    if args.paths and not run_dirs:
         print(f"rank: no run directories (with summary.json) under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 1
     tasks = TaskCache()
     attn_frames, coll_frames, infos = [], [], []
-    for d in run_dirs:
+    jobs = [(d, lambda d=d: analyze_run(read_run(d), args.examples, tasks, args.steps, args.norm, texts))
+            for d in run_dirs]
+    jobs += [(d, lambda d=d: analyze_pretrained(d, texts, args.norm)) for d in args.pretrained]
+    for d, job in jobs:
         try:
-            run = load_run(d)
-            attn, coll, info = analyze_run(run, args.examples, tasks, args.steps, args.norm)
-        except Exception as err:  # noqa: BLE001 - one broken run must not stop the others
+            attn, coll, info = job()
+        except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
             print(f"rank: skipping {d}: {type(err).__name__}: {err}", file=sys.stderr)
             continue
         if not info["saved_steps"]:
@@ -429,7 +446,7 @@ def _run(args) -> int:
     figs = make_figures(attn, coll, infos, out)
     timing = {"matrices": len(attn), "metric_seconds": sum(i["metric_seconds"] for i in infos),
               "seconds": time.perf_counter() - t0, "norm": args.norm}
-    write_table(out / "table.md", attn, coll, infos, timing, args.paths)
+    write_table(out / "table.md", attn, coll, infos, timing, list(args.paths) + list(args.pretrained))
     timing["seconds"] = time.perf_counter() - t0  # including figures and table
     if args.wandb:
         log_wandb(args, figs, out, infos, timing)
