@@ -4,6 +4,8 @@ No timing assertions: the machine is shared."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import jax
@@ -130,3 +132,29 @@ def test_quick_ensemble_section(tmp_path):
     (row,) = results["ensemble"]
     assert row["tokens_per_step"] == 4 * row["batch"] * row["seq"]
     assert row["params_per_model"] == number(cells[2])
+
+
+def test_persistent_cache_off_compiles_without_the_on_disk_cache(tmp_path):
+    """The suite runs with an on-disk compilation cache; the bench's compile timings must not read it."""
+    code = """
+import os, sys
+from pathlib import Path
+import jax, jax.numpy as jnp
+from archcmp.bench.common import persistent_cache_off
+entries = lambda: len(list(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).iterdir()))
+jax.jit(lambda x: x * 2.0)(jnp.ones(3)).block_until_ready()
+on = entries()
+with persistent_cache_off():
+    jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(5)).block_until_ready()
+    off = entries()
+jax.jit(lambda x: x * 4.0 - 1.0)(jnp.ones(7)).block_until_ready()
+print(on, off, entries())
+"""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, off, again = map(int, out.stdout.split())
+    assert on > 0  # the cache is in use outside the block ...
+    assert off == on  # ... nothing is written (or read) inside it ...
+    assert again > off  # ... and it is back in use afterwards

@@ -40,8 +40,21 @@ def greedy_ref(decoder):
 
 
 def assert_padded_after_eos(tokens):
-    tokens = np.asarray(tokens)
-    np.testing.assert_array_equal(tokens, np.asarray(pad_after_eos(jnp.asarray(tokens))))
+    """Row by row: nothing but PAD after the first EOS (an oracle independent of pad_after_eos)."""
+    for row in np.asarray(tokens):
+        eos = np.flatnonzero(row == vocab.EOS)
+        if eos.size:
+            assert (row[eos[0] + 1:] == vocab.PAD).all(), row
+
+
+def test_pad_after_eos_literal():
+    E, P = vocab.EOS, vocab.PAD
+    tokens = jnp.asarray([[5, E, 7, E, 8],   # a second EOS after the first is padded too
+                          [5, 6, 7, 8, 9],   # no EOS: unchanged
+                          [E, 3, 4, 5, 6],   # EOS first
+                          [5, 6, 7, 8, E]])  # EOS last
+    want = [[5, E, P, P, P], [5, 6, 7, 8, 9], [E, P, P, P, P], [5, 6, 7, 8, E]]
+    np.testing.assert_array_equal(np.asarray(pad_after_eos(tokens)), want)
 
 
 # arch x position encoding: each arch meets two encodings and each encoding two archs in the two cache tests

@@ -10,6 +10,8 @@ import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
+from figures import png_pixels
+
 from archcmp.analysis import capture as C
 from archcmp.analysis.rank import extract_blocks
 from archcmp.config import ModelConfig
@@ -190,6 +192,7 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
                  "spectra_nano_trained", "effective_rank_vs_step_nano", "log10_cond_vs_step_nano",
                  "rank_collapse_nano"):
         assert f"{stem}.png" in pngs
+        assert min(png_pixels(out / f"{stem}.png").shape[:2]) >= 200, stem
     df = pd.read_csv(out / "metrics.csv")
     assert sorted(df["step"].unique()) == [0] + steps                 # init + every checkpoint
     assert set(df["kind"]) == {"self", "prefix"}

@@ -197,7 +197,7 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     resumed = _cli([*args, "hydra.run.dir=killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     done = json.loads(summary.read_text())
-    assert done["status"] == "complete" and done["resumed_from"] >= 10
+    assert done["status"] == "complete" and 10 <= done["resumed_from"] < 120  # really resumed mid-run
     a, meta_a = _final_params(tmp_path / "full")
     b, meta_b = _final_params(tmp_path / "killed")
     assert meta_a["step"] == meta_b["step"] == 120
