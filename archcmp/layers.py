@@ -65,7 +65,9 @@ class Embed(nnx.Module):
         self.table = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg, ("vocab", "embed"), std=1.0 / math.sqrt(cfg.d_model))
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(_cast(self.table, self.cfg), ids, axis=0)  # [B, T] -> [B, T, D]
+        # An id outside [0, V) gives a NaN row instead of JAX's silent clamp to the last row, so under
+        # jit (where ids cannot be checked on the host) a bad id shows up as a NaN loss.
+        return jnp.take(_cast(self.table, self.cfg), ids, axis=0, mode="fill", fill_value=jnp.nan)  # [B, T] -> [B, T, D]
 
     def attend(self, x: Array) -> Array:
         return jnp.einsum("btd,vd->btv", x, _cast(self.table, self.cfg))  # [B, T, V]

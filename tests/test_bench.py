@@ -74,10 +74,32 @@ def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
         state = {"params": params, "opt_state": tx.init(params)}
         batch = split_microbatches(bench.make_batch(arch, row["batch"], plan.seq, plan.vocab), 1)
         traced = traced_matmul_flops(make_train_step(graphdef, tx, 1), state, batch, None)
-        assert row["flops_per_step"] == traced
-        assert ours["mfu"] == pytest.approx(traced / ours["step_seconds"] / peak, rel=1e-12)
+        expected = tiny_train_flops(arch, row["batch"], plan.seq, plan.vocab)
+        assert row["flops_per_step"] == traced == expected
+        assert ours["mfu"] == pytest.approx(expected / ours["step_seconds"] / peak, rel=1e-12)
         assert row["params_ours"] == row["params_ours_formula"] == sum(x.size for x in jax.tree.leaves(params))
         assert row["tokens_per_step"] == row["batch"] * plan.seq * (2 if arch == "encdec" else 1)
+
+
+def tiny_train_flops(arch: str, batch: int, seq: int, vocab: int) -> int:
+    """Training matmul FLOPs of one step of the bench's "tiny" shapes, written out by hand (2 per
+    multiply-add; backward = 2x forward): d_model 32; decoder 2 layers, d_ff 64; encdec 1 + 1
+    layers, d_ff 48, encoder and decoder both ``seq`` long; tied head, every position scored."""
+    D = 32
+
+    def layer(d_ff, keys, memory=0):  # per query token
+        flops = 2 * D * 3 * D + 2 * D * D + 2 * 2 * keys * D + 2 * 2 * D * d_ff  # qkv, out, q.k and p.v, MLP
+        if memory:
+            flops += 2 * 2 * D * D + 2 * 2 * memory * D  # cross q and out, cross q.k and p.v
+        return flops
+
+    head = 2 * D * vocab
+    if arch == "decoder":
+        forward = seq * (2 * layer(64, seq) + head)
+    else:
+        memory_kv = seq * 2 * D * 2 * D  # the decoder layer projects K and V of every encoder token
+        forward = seq * layer(48, seq) + memory_kv + seq * (layer(48, seq, memory=seq) + head)
+    return 3 * batch * forward
 
 
 def bench_args(argv):
