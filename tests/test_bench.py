@@ -34,6 +34,7 @@ def number(cell: str) -> float:
     return float(cell.replace(",", "").rstrip("%×"))
 
 
+@pytest.mark.slow
 def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
     # Simulate a machine without the [bench] extra, whatever this one has installed.
     monkeypatch.setitem(sys.modules, "torch", None)
@@ -111,6 +112,7 @@ def bench_args(argv):
     return ns
 
 
+@pytest.mark.slow
 def test_quick_compile_section_keeps_notes(tmp_path):
     out = tmp_path / "bench.md"
     out.write_text("old generated text\n" + bench.NOTES_MARKER + "\nhand-written profile notes\n")
@@ -128,6 +130,7 @@ def test_quick_compile_section_keeps_notes(tmp_path):
     assert set(results["compile"]) == {("decoder", L, scan) for L in (1, 2) for scan in (True, False)}
 
 
+@pytest.mark.slow
 def test_quick_decode_section(tmp_path):
     out = tmp_path / "bench.md"
     results = bench.run_cli(["--quick", "--no-torch", "--archs", "decoder", "--sections", "decode",
@@ -141,6 +144,7 @@ def test_quick_decode_section(tmp_path):
     assert row["cached"]["steps"] == row["uncached"]["steps"] == 8
 
 
+@pytest.mark.slow
 def test_quick_ensemble_section(tmp_path):
     out = tmp_path / "bench.md"
     results = bench.run_cli(["--quick", "--no-torch", "--archs", "decoder", "--sections", "ensemble",

@@ -116,6 +116,7 @@ def test_resume_when_killed_between_the_members_saves(runs, tmp_path):
         assert steps == list(range(1, 13))  # no duplicated rows after resume
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_bit_exactly(tmp_path):
     args = [*BASE, "train.steps=60", "train.checkpoint_every=10", "train.eval_every=30", "train.log_every=5",
             f"seed={SEED}", f"train.num_seeds={K}"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hydra_cfg import TINY
 
 from archcmp.sweep import config_error_messages
@@ -28,6 +30,7 @@ def _summary(path):
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@pytest.mark.slow
 def test_killed_sweep_relaunch_completes_without_redoing_runs(tmp_path):
     runs = [tmp_path / "multirun" / "sw" / f"decoder-nano-addition-s{i}" for i in range(3)]
     with open(tmp_path / "first.log", "w+") as log:
@@ -54,6 +57,7 @@ def test_killed_sweep_relaunch_completes_without_redoing_runs(tmp_path):
     assert counts[0] == 3 and counts[1] + counts[2] == 2, last  # the other two: completed or resumed
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_others_go_on(tmp_path):
     args = ["-m", "arch=decoder", "experiment_name=fail", "run_name=r${hydra:job.num}", *TINY,
             "task.params.digits=[1,3],[12,12]"]

@@ -150,6 +150,7 @@ def test_bad_overrides_exit_nonzero_with_one_line(args, key, tmp_path):
     assert len(lines) == 1 and key in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
     out = _cli(["-m", "arch=encoder,decoder,prefix_lm,encdec", "logger=wandb", "task=addition",
                 "experiment_name=wb", *TINY], tmp_path)
@@ -176,6 +177,7 @@ def _final_params(run_dir):
     return state["params"], meta
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_exactly(tmp_path):
     args = ["arch=decoder", "size=nano", "train.steps=120", "train.checkpoint_every=10", "train.eval_every=60",
             "train.batch_size=8", "train.progress=false", "train.log_every=5", "task.seq_len=24"]
