@@ -39,3 +39,27 @@ if _CACHE_ENV and "jax" in sys.modules:  # a plugin imported JAX first: set the 
     jax.config.update("jax_compilation_cache_dir", _CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # noqa: E402  (after the cache environment is set: pytest plugins may import JAX)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """One tiny training run per architecture (hydra_cfg.TINY), shared by every file that needs
+    a finished run: arch -> (run_dir, summary). Each run sits alone in its own parent directory
+    with the ``.hydra/config.yaml`` a real run writes, so analysis CLIs can be pointed at it."""
+    from omegaconf import OmegaConf
+
+    from archcmp.train import train
+    from hydra_cfg import TINY, compose_cfg
+
+    runs = {}
+    for arch in ("encoder", "decoder", "prefix_lm", "encdec"):
+        cfg = compose_cfg([f"arch={arch}", *TINY])
+        run_dir = tmp_path_factory.mktemp(f"tiny-{arch}") / f"{arch}-nano"
+        summary = train(cfg, run_dir)
+        (run_dir / ".hydra").mkdir()
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
+        runs[arch] = (run_dir, summary)
+    return runs

@@ -63,6 +63,7 @@ def sweep(tmp_path_factory):
     return root, runs
 
 
+@pytest.mark.slow  # trains two runs, then decodes every kept checkpoint
 def test_training_logs_train_and_validation_exact_match(sweep):
     root, runs = sweep
     for arch, summary in runs.items():
@@ -76,6 +77,7 @@ def test_training_logs_train_and_validation_exact_match(sweep):
     assert max(s["eval_metrics"]["train_exact_match"] for s in runs.values()) > 0.1
 
 
+@pytest.mark.slow  # trains two runs, then decodes every kept checkpoint
 def test_emergence_cli_end_to_end(sweep, tmp_path):
     root, runs = sweep
     out = tmp_path / "out"
@@ -125,6 +127,7 @@ def test_emergence_cli_errors_name_the_problem(tmp_path, capsys):
     assert "decode.top_p=2.0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains two runs, then decodes every kept checkpoint
 def test_grokking_cli_writes_curves_table_and_figure(sweep, tmp_path):
     root, _ = sweep
     out = tmp_path / "grok"

@@ -17,7 +17,7 @@ from archcmp.track import read_jsonl
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40
+STEPS = 30
 ARGS = ["arch=encdec", "size=nano", f"train.steps={STEPS}", "train.checkpoint_every=10", "train.eval_every=20",
         "train.batch_size=8", "train.grad_accum=2", "+model.dropout=0.1", "train.log_every=1",
         "train.progress=false", "task.seq_len=24", "logger=none"]

@@ -76,9 +76,8 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 @pytest.fixture(scope="module")
-def four_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return {arch: train(compose_cfg([f"arch={arch}", *TINY]), root / arch) for arch in ARCHS}
+def four_runs(tiny_runs):  # the session's shared tiny runs (tests/conftest.py)
+    return {arch: tiny_runs[arch][1] for arch in ARCHS}
 
 
 def test_four_architectures_see_identical_data(four_runs, tmp_path):
