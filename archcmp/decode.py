@@ -43,6 +43,7 @@ from flax import nnx
 
 from archcmp.data import vocab
 from archcmp.data.example import Example
+from archcmp.models import check_token_ids
 
 Array = jax.Array
 STRATEGIES = ("greedy", "sample", "beam")
@@ -108,7 +109,11 @@ def prompt_batch(arch: str, prompts: Sequence[Any]) -> dict[str, np.ndarray]:
 
 
 def _check_lengths(model, prompt: dict, max_new: int) -> None:
+    """Host-side checks before the jitted loop: token ids inside the vocabulary, lengths inside max_len."""
     cfg = model.cfg
+    for key in ("inputs", "enc_inputs"):
+        if key in prompt:
+            check_token_ids(prompt[key], cfg.vocab_size, key)
     longest = int(prompt["lengths"].max()) if "lengths" in prompt else 1
     if cfg.pos_encoding in ("learned", "sinusoidal") and longest + max_new - 1 > cfg.max_len:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new}) exceed model.max_len={cfg.max_len}")
@@ -331,6 +336,7 @@ def mask_fill(model, prompts: Sequence[Any], max_new: int, target_lengths: Seque
         batch["inputs"][b, :L] = np.concatenate([[vocab.BOS], x, [vocab.SEP], np.full(k, vocab.MASK)])
         batch["segment_ids"][b, :L], batch["positions"][b, :L] = 1, np.arange(L)
         slot_idx[b] = np.minimum(x.size + 2 + np.arange(K), L - 1)
+    check_token_ids(batch["inputs"], model.cfg.vocab_size, "inputs")
     graphdef, params = nnx.split(model)
     tokens, history, remasked = _mask_fill_jit(graphdef, params, batch, slot_idx, np.asarray(ks, np.int32), rounds)
     tokens = jnp.where(jnp.arange(K)[None] < jnp.asarray(ks)[:, None], tokens, vocab.PAD)

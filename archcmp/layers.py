@@ -67,10 +67,12 @@ class Embed(nnx.Module):
             self.type_table = _param(rngs, (cfg.type_vocab_size, cfg.d_model), cfg, ("token_types", "embed"))
 
     def __call__(self, ids: Array, token_types: Array | None = None) -> Array:
-        x = jnp.take(_cast(self.table, self.cfg), ids, axis=0)  # [B, T] -> [B, T, D]
+        # An id outside [0, V) gives a NaN row instead of JAX's silent clamp to the last row, so under
+        # jit (where ids cannot be checked on the host) a bad id shows up as a NaN loss.
+        x = jnp.take(_cast(self.table, self.cfg), ids, axis=0, mode="fill", fill_value=jnp.nan)  # [B, T] -> [B, T, D]
         if self.cfg.type_vocab_size:  # BERT's segment A/B embedding; type 0 when not given
             types = jnp.zeros_like(ids) if token_types is None else token_types
-            x = x + jnp.take(_cast(self.type_table, self.cfg), types, axis=0)
+            x = x + jnp.take(_cast(self.type_table, self.cfg), types, axis=0, mode="fill", fill_value=jnp.nan)
         return x
 
     def attend(self, x: Array) -> Array:

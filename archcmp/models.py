@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from archcmp import masks
@@ -68,24 +69,59 @@ class _Head(nnx.Module):
         return logits.astype(jnp.float32)  # [B, T, V]
 
 
-def _cached_self_mask(arch: str, cfg: ModelConfig, q_seg: Array, q_pos: Array, k_seg: Array, k_pos: Array,
-                      k_prefix: Array) -> Array:
-    """:func:`masks.self_attention_mask` for queries [B,Tq] against cached keys [B,S].  -> [B,1,Tq,S].
+def _concrete(x: Any) -> bool:
+    """True for a value known on the host (an eager call), False for a tracer under jit."""
+    return not isinstance(x, jax.core.Tracer)
 
-    Identical to the full-sequence mask when the keys are the queries themselves (the cache holds
-    the same metadata), so cached and uncached decoding see the same tokens.
+
+def check_token_ids(ids: Any, vocab_size: int, key: str) -> None:
+    """Token ids must lie in [0, vocab_size): a host-side check of concrete ids.
+
+    JAX clamps out-of-range gather indices, which would silently read another token's embedding.
+    Eager calls and decoding (whose prompts are host arrays) are checked here; under jit the ids
+    are tracers and cannot be inspected, so :class:`archcmp.layers.Embed` then turns an
+    out-of-range id into a NaN embedding (the loss becomes NaN instead of silently wrong).
     """
-    visible = k_pos[:, None, :] <= q_pos[:, :, None]  # causal on positions, [B, Tq, S]
-    if arch == "prefix_lm":
-        visible = visible | k_prefix[:, None, :]
-    offset = q_pos[:, :, None] - k_pos[:, None, :]
-    causal = arch == "decoder"
-    if cfg.attention_pattern != "dense":
-        band = (offset < cfg.window) if causal else (jnp.abs(offset) < cfg.window)
-        if cfg.attention_pattern == "strided":
-            band = band | (offset % cfg.stride == 0)
-        visible = visible & band
-    return masks.segment_mask(q_seg, k_seg) & visible[:, None]
+    if not _concrete(ids):
+        return
+    a = np.asarray(ids)
+    if a.size and (a.min() < 0 or a.max() >= vocab_size):
+        bad = int(a.max()) if a.max() >= vocab_size else int(a.min())
+        raise ValueError(f"batch[{key!r}] holds token id {bad}: outside model.vocab_size={vocab_size} "
+                         f"(ids must be 0..{vocab_size - 1})")
+
+
+_DECODER_KEYS = ("inputs", "segment_ids", "positions")
+_SINGLE_STACK_KEYS = {"encoder": _DECODER_KEYS, "decoder": _DECODER_KEYS, "prefix_lm": (*_DECODER_KEYS, "prefix_mask")}
+
+
+def _check_batch(cfg: ModelConfig, batch: Batch, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in batch:
+            raise ValueError(f"arch={cfg.arch!r} needs batch[{key!r}]")
+    for key in ("inputs", "enc_inputs"):
+        if key in keys:
+            check_token_ids(batch[key], cfg.vocab_size, key)
+
+
+def _check_cache_room(cache: dict, n_new: int) -> None:
+    """The new tokens must fit in the cache (``dynamic_update_slice`` would clamp the slot and
+    overwrite the last cached tokens). Checked when the slot index is concrete; under jit the
+    caller sizes the cache (:mod:`archcmp.decode` allocates prompt + max_new_tokens slots)."""
+    slots = cache["segment_ids"].shape[1]
+    index = cache["index"]
+    start = int(index) if _concrete(index) else 0
+    if start + n_new > slots:
+        raise ValueError(f"KV cache overflow: {n_new} new token(s) at slot {start} of a {slots}-slot cache "
+                         f"(init_cache(..., max_len) must cover the prompt and every generated token)")
+
+
+def _cached_mask(kind: str, cfg: ModelConfig, batch: Batch, meta: dict) -> Array:
+    """Self-attention mask of the new tokens against every cache slot: the rows of the full
+    mask (:func:`masks.self_attention_mask`) for these queries.  -> [B, 1, Tq, S]."""
+    return masks.self_attention_mask(kind, batch["segment_ids"], batch["positions"], meta["prefix_mask"],
+                                     cfg.attention_pattern, cfg.window, cfg.stride,
+                                     key_segment_ids=meta["segment_ids"], key_positions=meta["positions"])
 
 
 def _empty_cache(cfg: ModelConfig, n_layers: int, batch_size: int, max_len: int) -> dict:
@@ -98,6 +134,7 @@ def _empty_cache(cfg: ModelConfig, n_layers: int, batch_size: int, max_len: int)
 
 def _write_meta(cache: dict, batch: Batch) -> tuple[dict, Array]:
     """Store the new tokens' segment ids / positions / prefix flags at ``cache['index']``."""
+    _check_cache_room(cache, batch["inputs"].shape[1])
     idx = cache["index"]
     prefix = batch.get("prefix_mask")
     prefix = jnp.zeros(batch["inputs"].shape, bool) if prefix is None else jnp.asarray(prefix, bool)
@@ -134,8 +171,7 @@ class SingleStackLM(nnx.Module):
 
     def _cached(self, batch: Batch, cache: dict) -> tuple[Array, dict]:
         meta, idx = _write_meta(cache, batch)
-        mask = _cached_self_mask(self.cfg.arch, self.cfg, batch["segment_ids"], batch["positions"],
-                                 meta["segment_ids"], meta["positions"], meta["prefix_mask"])
+        mask = _cached_mask(self.cfg.arch, self.cfg, batch, meta)
         h, _, stack_cache = self.stack(self.embed(batch["inputs"]), mask, batch["positions"],
                                        cache={"self": cache["self"]}, cache_index=idx,
                                        key_positions=meta["positions"])
@@ -145,6 +181,7 @@ class SingleStackLM(nnx.Module):
     def __call__(self, batch: Batch, return_attention: bool = False, return_hidden: bool = False,
                  dropout_key: Array | None = None, cache: dict | None = None) -> Any:
         """batch -> logits [B,T,V] (or (logits, extras)); with ``cache=`` -> (logits, new_cache)."""
+        _check_batch(self.cfg, batch, _SINGLE_STACK_KEYS[self.cfg.arch])
         if cache is not None:
             _no_extras_with_cache(return_attention, return_hidden)
             return self._cached(batch, cache)
@@ -173,6 +210,7 @@ class EncoderDecoder(nnx.Module):
                return_attention: bool = False, return_hidden: bool = False, dropout_key: Array | None = None):
         """Bidirectional encoder.  enc_inputs [B, S] -> memory [B, S, D] (and extras)."""
         cfg = self.cfg
+        check_token_ids(enc_inputs, cfg.vocab_size, "enc_inputs")
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = dropout(self.embed(enc_inputs), cfg.dropout, keys[0])
         mask = masks.self_attention_mask("encoder", enc_segment_ids, enc_positions, None,
@@ -191,8 +229,7 @@ class EncoderDecoder(nnx.Module):
 
     def _cached(self, batch: Batch, cache: dict) -> tuple[Array, dict]:
         meta, idx = _write_meta(cache, batch)
-        mask = _cached_self_mask("decoder", self.cfg, batch["segment_ids"], batch["positions"],
-                                 meta["segment_ids"], meta["positions"], meta["prefix_mask"])
+        mask = _cached_mask("decoder", self.cfg, batch, meta)
         cross_mask = masks.cross_attention_mask(batch["segment_ids"], cache["enc_segment_ids"])
         h, _, stack_cache = self.decoder(self.embed(batch["inputs"]), mask, batch["positions"],
                                          cross_mask=cross_mask, cache={"self": cache["self"], "cross": cache["cross"]},
@@ -208,6 +245,7 @@ class EncoderDecoder(nnx.Module):
         batch's tokens are appended to the cache and ``(logits, new_cache)`` is returned.
         """
         cfg = self.cfg
+        _check_batch(cfg, batch, _DECODER_KEYS if cache is not None else (*_DECODER_KEYS, "enc_segment_ids"))
         if cache is not None:
             _no_extras_with_cache(return_attention, return_hidden)
             return self._cached(batch, cache)

@@ -37,6 +37,7 @@ from flax import nnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from archcmp.bench.common import persistent_cache_off  # noqa: E402
 from archcmp.config import ModelConfig  # noqa: E402
 from archcmp.models import build_model  # noqa: E402
 
@@ -114,7 +115,7 @@ def machine_info() -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def sweep(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=["decoder", "encdec"])
     p.add_argument("--layers", nargs="+", type=int, default=[2, 12, 24])
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(doc))
     print(f"\nwrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    with persistent_cache_off():  # measure real compilations, never reads of an on-disk cache
+        sweep(argv)
 
 
 if __name__ == "__main__":

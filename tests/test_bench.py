@@ -4,6 +4,8 @@ No timing assertions: the machine is shared."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import jax
@@ -32,6 +34,7 @@ def number(cell: str) -> float:
     return float(cell.replace(",", "").rstrip("%×"))
 
 
+@pytest.mark.slow
 def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
     # Simulate a machine without the [bench] extra, whatever this one has installed.
     monkeypatch.setitem(sys.modules, "torch", None)
@@ -72,10 +75,32 @@ def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
         state = {"params": params, "opt_state": tx.init(params)}
         batch = split_microbatches(bench.make_batch(arch, row["batch"], plan.seq, plan.vocab), 1)
         traced = traced_matmul_flops(make_train_step(graphdef, tx, 1), state, batch, None)
-        assert row["flops_per_step"] == traced
-        assert ours["mfu"] == pytest.approx(traced / ours["step_seconds"] / peak, rel=1e-12)
+        expected = tiny_train_flops(arch, row["batch"], plan.seq, plan.vocab)
+        assert row["flops_per_step"] == traced == expected
+        assert ours["mfu"] == pytest.approx(expected / ours["step_seconds"] / peak, rel=1e-12)
         assert row["params_ours"] == row["params_ours_formula"] == sum(x.size for x in jax.tree.leaves(params))
         assert row["tokens_per_step"] == row["batch"] * plan.seq * (2 if arch == "encdec" else 1)
+
+
+def tiny_train_flops(arch: str, batch: int, seq: int, vocab: int) -> int:
+    """Training matmul FLOPs of one step of the bench's "tiny" shapes, written out by hand (2 per
+    multiply-add; backward = 2x forward): d_model 32; decoder 2 layers, d_ff 64; encdec 1 + 1
+    layers, d_ff 48, encoder and decoder both ``seq`` long; tied head, every position scored."""
+    D = 32
+
+    def layer(d_ff, keys, memory=0):  # per query token
+        flops = 2 * D * 3 * D + 2 * D * D + 2 * 2 * keys * D + 2 * 2 * D * d_ff  # qkv, out, q.k and p.v, MLP
+        if memory:
+            flops += 2 * 2 * D * D + 2 * 2 * memory * D  # cross q and out, cross q.k and p.v
+        return flops
+
+    head = 2 * D * vocab
+    if arch == "decoder":
+        forward = seq * (2 * layer(64, seq) + head)
+    else:
+        memory_kv = seq * 2 * D * 2 * D  # the decoder layer projects K and V of every encoder token
+        forward = seq * layer(48, seq) + memory_kv + seq * (layer(48, seq, memory=seq) + head)
+    return 3 * batch * forward
 
 
 def bench_args(argv):
@@ -87,6 +112,7 @@ def bench_args(argv):
     return ns
 
 
+@pytest.mark.slow
 def test_quick_compile_section_keeps_notes(tmp_path):
     out = tmp_path / "bench.md"
     out.write_text("old generated text\n" + bench.NOTES_MARKER + "\nhand-written profile notes\n")
@@ -104,6 +130,7 @@ def test_quick_compile_section_keeps_notes(tmp_path):
     assert set(results["compile"]) == {("decoder", L, scan) for L in (1, 2) for scan in (True, False)}
 
 
+@pytest.mark.slow
 def test_quick_decode_section(tmp_path):
     out = tmp_path / "bench.md"
     results = bench.run_cli(["--quick", "--no-torch", "--archs", "decoder", "--sections", "decode",
@@ -117,6 +144,7 @@ def test_quick_decode_section(tmp_path):
     assert row["cached"]["steps"] == row["uncached"]["steps"] == 8
 
 
+@pytest.mark.slow
 def test_quick_ensemble_section(tmp_path):
     out = tmp_path / "bench.md"
     results = bench.run_cli(["--quick", "--no-torch", "--archs", "decoder", "--sections", "ensemble",
@@ -130,3 +158,29 @@ def test_quick_ensemble_section(tmp_path):
     (row,) = results["ensemble"]
     assert row["tokens_per_step"] == 4 * row["batch"] * row["seq"]
     assert row["params_per_model"] == number(cells[2])
+
+
+def test_persistent_cache_off_compiles_without_the_on_disk_cache(tmp_path):
+    """The suite runs with an on-disk compilation cache; the bench's compile timings must not read it."""
+    code = """
+import os, sys
+from pathlib import Path
+import jax, jax.numpy as jnp
+from archcmp.bench.common import persistent_cache_off
+entries = lambda: len(list(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).iterdir()))
+jax.jit(lambda x: x * 2.0)(jnp.ones(3)).block_until_ready()
+on = entries()
+with persistent_cache_off():
+    jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(5)).block_until_ready()
+    off = entries()
+jax.jit(lambda x: x * 4.0 - 1.0)(jnp.ones(7)).block_until_ready()
+print(on, off, entries())
+"""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, off, again = map(int, out.stdout.split())
+    assert on > 0  # the cache is in use outside the block ...
+    assert off == on  # ... nothing is written (or read) inside it ...
+    assert again > off  # ... and it is back in use afterwards

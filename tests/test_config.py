@@ -1,5 +1,6 @@
 """ModelConfig validation: a bad config fails at construction with a ValueError that names the
 field and the bad value (``model.<field>=<value!r>: why``), before any JAX code runs."""
+import dataclasses
 import re
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def test_gated_and_causal_flags():
 
 def test_config_is_frozen_and_hashable():
     cfg = ModelConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="d_model"):
         cfg.d_model = 8  # type: ignore[misc]
     assert hash(cfg) == hash(ModelConfig())
 

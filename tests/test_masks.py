@@ -1,6 +1,7 @@
 """Literal 0/1 mask matrices for every architecture (t5x-style mask tests)."""
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from archcmp import masks
 
@@ -147,3 +148,104 @@ def test_combine_masks_is_and():
 
 def test_masks_are_boolean():
     assert masks.self_attention_mask("decoder", SEG, POS).dtype == jnp.bool_
+
+
+# ---- packing meets the encoder and the sparse patterns ------------------------------------------
+def test_packed_encoder_is_block_diagonal():
+    seg = jnp.array([[1, 1, 1, 2, 2, 0]])
+    pos = jnp.array([[0, 1, 2, 0, 1, 0]])
+    expected = np.array([
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0],
+    ])
+    np.testing.assert_array_equal(_m(masks.self_attention_mask("encoder", seg, pos)), expected)
+
+
+def test_packed_local_decoder_band_restarts_per_segment():
+    # window 2, causal; row 3 (position 0 of example 2) must not see row 0 (also position 0)
+    seg = jnp.array([[1, 1, 1, 2, 2, 2, 0]])
+    pos = jnp.array([[0, 1, 2, 0, 1, 2, 0]])
+    expected = np.array([
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+    ])
+    got = masks.self_attention_mask("decoder", seg, pos, pattern="local", window=2)
+    np.testing.assert_array_equal(_m(got), expected)
+
+
+def test_packed_strided_encoder_pattern_stays_in_its_segment():
+    # window 1 (the diagonal) OR even offsets, bidirectional, two packed examples
+    seg = jnp.array([[1, 1, 1, 1, 2, 2, 2]])
+    pos = jnp.array([[0, 1, 2, 3, 0, 1, 2]])
+    expected = np.array([
+        [1, 0, 1, 0, 0, 0, 0],
+        [0, 1, 0, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0, 0],
+        [0, 1, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 1, 0, 1],
+        [0, 0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 1, 0, 1],
+    ])
+    got = masks.self_attention_mask("encoder", seg, pos, pattern="strided", window=1, stride=2)
+    np.testing.assert_array_equal(_m(got), expected)
+
+
+def test_packed_strided_prefix_lm():
+    # (causal OR key in prefix) AND (|i - j| < 2 OR (i - j) % 3 == 0) AND same segment;
+    # example 1: 4 tokens, prefix 2; example 2: 3 tokens, prefix 2; one pad
+    seg = jnp.array([[1, 1, 1, 1, 2, 2, 2, 0]])
+    pos = jnp.array([[0, 1, 2, 3, 0, 1, 2, 0]])
+    prefix = jnp.array([[1, 1, 0, 0, 1, 1, 0, 0]], dtype=bool)
+    expected = np.array([
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0, 0, 0],  # offset 2 to position 0: outside the band, not a multiple of 3
+        [1, 0, 1, 1, 0, 0, 0, 0],  # offset 3 to position 0: the strided column
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ])
+    got = masks.self_attention_mask("prefix_lm", seg, pos, prefix, pattern="strided", window=2, stride=3)
+    np.testing.assert_array_equal(_m(got), expected)
+
+
+# ---- the KV-cached decoding mask: new tokens against cache slots ------------------------------------
+def test_cached_mask_literal_with_empty_slots():
+    # a 6-slot cache holding a 3-token prompt (slots 0-2); the 4th token is the query; slots 4-5 are empty
+    key_seg = jnp.array([[1, 1, 1, 1, 0, 0]])
+    key_pos = jnp.array([[0, 1, 2, 3, 0, 0]])
+    got = masks.self_attention_mask("decoder", jnp.array([[1]]), jnp.array([[3]]),
+                                    key_segment_ids=key_seg, key_positions=key_pos)
+    np.testing.assert_array_equal(_m(got), [[1, 1, 1, 1, 0, 0]])
+    got = masks.self_attention_mask("decoder", jnp.array([[1]]), jnp.array([[3]]), pattern="local", window=2,
+                                    key_segment_ids=key_seg, key_positions=key_pos)
+    np.testing.assert_array_equal(_m(got), [[0, 0, 1, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("kind", ["decoder", "prefix_lm"])
+@pytest.mark.parametrize("pattern", [dict(pattern="dense"), dict(pattern="local", window=2),
+                                     dict(pattern="strided", window=2, stride=3)])
+def test_cached_rows_equal_the_full_mask(kind, pattern):
+    """Queries t: against all keys give rows t: of the full mask, for every split t (prefill t
+    tokens, then the rest one at a time or all together), packed, left-padded and sparse."""
+    seg = jnp.array([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    pos = jnp.array([[0, 0, 0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    prefix = jnp.array([[0, 0, 1, 1, 1, 0, 0, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]], dtype=bool)
+    full = np.asarray(masks.self_attention_mask(kind, seg, pos, prefix, **pattern))  # [B, 1, T, T]
+    T = seg.shape[1]
+    for t in range(T):
+        for stop in (t + 1, T):
+            got = masks.self_attention_mask(kind, seg[:, t:stop], pos[:, t:stop], prefix, **pattern,
+                                            key_segment_ids=seg, key_positions=pos)
+            np.testing.assert_array_equal(np.asarray(got), full[:, :, t:stop], err_msg=f"t={t} stop={stop}")
+    assert full.sum() < full.size // 2  # the masks are not all-visible: the comparison has teeth

@@ -161,10 +161,21 @@ def test_encdec_encode_decode_equals_call():
     np.testing.assert_array_equal(np.asarray(model.decode(memory, batch)), np.asarray(model(batch)))
 
 
-def test_encdec_shares_one_embedding():
-    model = build_model(cfg_for("encdec"), 0)
-    tables = [path for path, _ in nnx.iter_graph(model) if path and path[-1] == "table"]
-    assert tables == [("embed", "table")] or set(t for t in tables if "embed" in t) == {("embed", "table")}
+@pytest.mark.parametrize("pe", ["rope", "learned"])
+def test_encdec_shares_one_embedding(pe):
+    model = build_model(cfg_for("encdec", pos_encoding=pe), 0)
+    params = {path: v for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    # exactly one [V, D] token table (the untied head is [D, V]); learned positions add one table per stack
+    assert [p for p, v in params.items() if v[...].shape == (64, 32)] == [("embed", "table")]
+    tables = sorted(p for p in params if p[-1] == "table")
+    extra = [("decoder", "positions", "table"), ("encoder", "positions", "table")] if pe == "learned" else []
+    assert tables == sorted([("embed", "table"), *extra])
+    # and both stacks read it: the loss reaches the rows of the encoder's and the decoder's tokens
+    batch = make_batch(T=5, S=4)
+    graphdef, state = nnx.split(model)
+    grads = jax.grad(lambda s: nnx.merge(graphdef, s)(batch).sum())(state)
+    rows = np.abs(np.asarray(grads["embed"]["table"][...])).sum(-1) > 0
+    np.testing.assert_array_equal(np.flatnonzero(rows), [*range(10, 15), *range(40, 44)])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

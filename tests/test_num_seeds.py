@@ -116,6 +116,7 @@ def test_resume_when_killed_between_the_members_saves(runs, tmp_path):
         assert steps == list(range(1, 13))  # no duplicated rows after resume
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_bit_exactly(tmp_path):
     args = [*BASE, "train.steps=60", "train.checkpoint_every=10", "train.eval_every=30", "train.log_every=5",
             f"seed={SEED}", f"train.num_seeds={K}"]
@@ -138,7 +139,7 @@ def test_killed_group_resumes_bit_exactly(tmp_path):
     full = train(compose_cfg(args), tmp_path / "full")
     for member, name in zip(full["members"], names):
         done = json.loads((tmp_path / "killed" / name / "summary.json").read_text())
-        assert done["status"] == "complete" and done["resumed_from"] >= 10
+        assert done["status"] == "complete" and 10 <= done["resumed_from"] < 60  # really resumed mid-run
         assert done["eval_loss"] == member["eval_loss"] and done["data_fingerprint"] == member["data_fingerprint"]
         a, _ = _params(tmp_path / "full" / name)
         b, meta = _params(tmp_path / "killed" / name)

@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from figures import assert_saved, data_lines, visible_axes
+
 from archcmp.analysis import rank
 from archcmp.analysis.rank import (
     attention_block_metrics, causal_softmax, condition_number, effective_rank, logdet_exact_triangular,
@@ -201,12 +203,14 @@ def test_block_metrics_bidirectional_and_cross():
     df = attention_block_metrics(p, seg_q, seg_k)
     assert sorted(zip(df["n"], df["n_k"])) == [(2, 4), (2, 4), (3, 5), (3, 5)]
     assert df[["logdet_exact", "logdet_generic", "slogdet_sign"]].isna().all().all()
-    assert not df["is_triangular"].any() and (df["numerical_rank_f32"] <= df["n"]).all()
+    # each block: n < n_k rows of a softmax over random scores, full row rank (<= would always hold)
+    assert not df["is_triangular"].any() and (df["numerical_rank_f32"] == df["n"]).all()
 
 
 def test_time_metrics_reports_rate():
     t = rank.time_metrics(n=8, n_matrices=16, heads=4)
-    assert t["matrices"] == 16 and t["matrices_per_second"] > 0
+    assert t["n"] == 8 and t["matrices"] == 16 and t["seconds"] > 0
+    assert t["matrices_per_second"] == pytest.approx(16 / t["seconds"], rel=1e-12)  # a rate, not a count
 
 
 # ----------------------------------------------------------------------------- rank collapse
@@ -258,9 +262,32 @@ def test_markdown_table_and_plots(tmp_path):
     lines = md.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| decoder | 36 |") and "±" in lines[2]
     assert "full_f32" in lines[0] and lines[3].startswith("| encoder | 18 |")
-    rank.plot_rank_heatmaps(df, path=tmp_path / "h.png")
-    rank.plot_singular_spectra(df, per_arch=2, path=tmp_path / "s.png")
-    rank.plot_metric_vs_step(df, "stable_rank", path=tmp_path / "t.png")
+    fig = rank.plot_rank_heatmaps(df, path=tmp_path / "h.png")
+    panels = visible_axes(fig)
+    assert [ax.get_title() for ax in panels] == ["decoder", "encoder"]
+    for ax, arch in zip(panels, ("decoder", "encoder")):  # layer x head means of effective rank
+        want = df[df["arch"] == arch].groupby(["layer", "head"])["effective_rank"].mean().unstack("head")
+        np.testing.assert_allclose(ax.images[0].get_array(), want.to_numpy())
+    assert_saved(fig, tmp_path / "h.png", dpi=120)
+
+    fig = rank.plot_singular_spectra(df, per_arch=2, path=tmp_path / "s.png")
+    spectra = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 2]  # not the axhline tolerances
+    assert len(spectra) == 2 * 2 and all(line.get_ydata()[0] == 1.0 for line in spectra)  # normalised by sigma_max
+    assert [line.get_label() for line in data_lines(fig.axes[0])] == ["decoder", "encoder"]
+    assert {len(line.get_xdata()) for line in spectra} <= {5, 7, 10}  # one singular value per block row
+    assert_saved(fig, tmp_path / "s.png", dpi=120)
+
+    fig = rank.plot_metric_vs_step(df, "stable_rank", path=tmp_path / "t.png")
+    lines = {line.get_label(): line for line in data_lines(fig.axes[0])}
+    np.testing.assert_array_equal(lines["decoder"].get_xdata(), [0, 10])
+    np.testing.assert_allclose(lines["decoder"].get_ydata(), df[df["arch"] == "decoder"].groupby("step")["stable_rank"].mean())
+    np.testing.assert_array_equal(lines["encoder"].get_xdata(), [0])
+    assert_saved(fig, tmp_path / "t.png", dpi=120)
+
     res = rank_collapse_by_segment(_rng(0).standard_normal((3, 2, 16, 4)), seg).assign(arch="decoder")
-    rank.plot_residual_vs_depth(res, path=tmp_path / "r.png")
-    assert all((tmp_path / f).stat().st_size > 1000 for f in ("h.png", "s.png", "t.png", "r.png"))
+    fig = rank.plot_residual_vs_depth(res, path=tmp_path / "r.png")
+    (line,) = data_lines(fig.axes[0])
+    np.testing.assert_array_equal(line.get_xdata(), [0, 1, 2])  # one point per layer
+    np.testing.assert_allclose(line.get_ydata(), res.groupby("layer")["relative"].mean())
+    assert fig.axes[0].get_yscale() == "log"
+    assert_saved(fig, tmp_path / "r.png", dpi=120)

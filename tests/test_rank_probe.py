@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from flax import nnx
-from omegaconf import OmegaConf
+
+from figures import png_pixels
 
 from archcmp.analysis import capture as C
 from archcmp.analysis.rank import extract_blocks
@@ -160,17 +161,9 @@ def test_pure_attention_collapses_faster_than_full_model(task, models, arch):
 
 # ----------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from hydra_cfg import TINY, compose_cfg
-
-    from archcmp.train import train
-
-    run_dir = tmp_path_factory.mktemp("rank") / "prefix_lm-nano"
-    cfg = compose_cfg(TINY + ["arch=prefix_lm", "train.keep_checkpoints=5", "logger=none"])
-    summary = train(cfg, run_dir)
+def tiny_run(tiny_runs):  # the session's shared tiny prefix_lm run (tests/conftest.py)
+    run_dir, summary = tiny_runs["prefix_lm"]
     assert summary["status"] == "complete"
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
     return run_dir
 
 
@@ -191,6 +184,7 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
                  "spectra_nano_trained", "effective_rank_vs_step_nano", "log10_cond_vs_step_nano",
                  "rank_collapse_nano"):
         assert f"{stem}.png" in pngs
+        assert min(png_pixels(out / f"{stem}.png").shape[:2]) >= 200, stem
     df = pd.read_csv(out / "metrics.csv")
     assert sorted(df["step"].unique()) == [0] + steps                 # init + every checkpoint
     assert set(df["kind"]) == {"self", "prefix"}

@@ -92,6 +92,7 @@ def _rel(a, b):
 
 
 # ---- mesh runs against one device ----------------------------------------------------------------
+@pytest.mark.slow
 def test_data_parallel_and_fsdp_match_one_device_for_every_arch(worker_result):
     from archcmp.sharding import Placement
 
@@ -105,6 +106,7 @@ def test_data_parallel_and_fsdp_match_one_device_for_every_arch(worker_result):
         assert _rel(single, got["fsdp"]) < RTOL, (arch, single, got["fsdp"])
 
 
+@pytest.mark.slow
 def test_parameters_and_optimizer_state_really_are_sharded(worker_result):
     for arch in worker.ARCHS:
         got = worker_result["archs"][arch]
@@ -121,6 +123,7 @@ def test_parameters_and_optimizer_state_really_are_sharded(worker_result):
         assert layers and all(not v[1].startswith("P('fsdp'") for v in layers)  # the scanned layer axis stays whole
 
 
+@pytest.mark.slow
 def test_checkpoint_from_4x2_mesh_restores_on_8x1_and_continues(worker_result):
     for arch in worker.ARCHS:
         got = worker_result["archs"][arch]
@@ -129,6 +132,7 @@ def test_checkpoint_from_4x2_mesh_restores_on_8x1_and_continues(worker_result):
         assert _rel(got["fsdp"][worker.SAVE_AT:], got["resumed"]) < RTOL, arch
 
 
+@pytest.mark.slow
 def test_mesh_errors_name_their_key_and_device_flags_reach_xla(worker_result):
     errors = worker_result["errors"]
     assert errors["mesh"].startswith("mesh.data=3:") and "8" in errors["mesh"]
@@ -137,6 +141,7 @@ def test_mesh_errors_name_their_key_and_device_flags_reach_xla(worker_result):
 
 
 # ---- two processes --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_process_run_matches_one_process(jobs):
     tmp, started = jobs
     reference = train(compose_cfg(RUN), tmp / "single")  # one process, one device (while the hosts run)

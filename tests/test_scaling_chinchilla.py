@@ -17,16 +17,12 @@ import pytest
 
 from archcmp.analysis import scaling_fit as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "chinchilla_fig4_extracted.csv"
+REFERENCE = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_extracted.csv"  # see tests/data/README.md
 PUBLISHED = {"E": 1.82, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
 
 
 @pytest.fixture(scope="module")
 def chinchilla_points():
-    if not REFERENCE.exists():
-        pytest.fail(f"reference data missing: expected {REFERENCE} (repo_root/../shared/reference/); "
-                    "the Chinchilla reproduction test cannot run without it")
     df = pd.read_csv(REFERENCE)
     assert len(df) == 245, f"expected the 245 extracted points, got {len(df)}"
     df = df.drop(index=df["loss"].nlargest(5).index)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hydra_cfg import TINY
 
 from archcmp.sweep import config_error_messages
@@ -15,25 +17,32 @@ SWEEP = ["-m", "arch=decoder", "seed=0,1,2", "experiment_name=sw", *TINY, "train
          "train.checkpoint_every=5"]
 
 
-def _launch(args, cwd):
+def _launch(args, cwd, log=None):
+    """The sweep as a child process. With ``log`` (an open file) its output goes there: a child that
+    is polled, not waited on, must not write into a pipe nobody reads (a full pipe would block it)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out, err = (subprocess.PIPE, subprocess.PIPE) if log is None else (log, subprocess.STDOUT)
     return subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=out, stderr=err, text=True)
 
 
 def _summary(path):
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@pytest.mark.slow
 def test_killed_sweep_relaunch_completes_without_redoing_runs(tmp_path):
     runs = [tmp_path / "multirun" / "sw" / f"decoder-nano-addition-s{i}" for i in range(3)]
-    proc = _launch(SWEEP, tmp_path)
-    deadline = time.monotonic() + 300
-    while _summary(runs[0] / "summary.json").get("status") != "complete" and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with open(tmp_path / "first.log", "w+") as log:
+        proc = _launch(SWEEP, tmp_path, log)
+        deadline = time.monotonic() + 300
+        while _summary(runs[0] / "summary.json").get("status") != "complete" and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"sweep exited early:\n{log.read()[-2000:]}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert _summary(runs[2] / "summary.json").get("status") != "complete", "sweep finished before the kill"
     first = (runs[0] / "summary.json").read_text()
 
@@ -48,6 +57,7 @@ def test_killed_sweep_relaunch_completes_without_redoing_runs(tmp_path):
     assert counts[0] == 3 and counts[1] + counts[2] == 2, last  # the other two: completed or resumed
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_others_go_on(tmp_path):
     args = ["-m", "arch=decoder", "experiment_name=fail", "run_name=r${hydra:job.num}", *TINY,
             "task.params.digits=[1,3],[12,12]"]

@@ -76,9 +76,8 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 @pytest.fixture(scope="module")
-def four_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return {arch: train(compose_cfg([f"arch={arch}", *TINY]), root / arch) for arch in ARCHS}
+def four_runs(tiny_runs):  # the session's shared tiny runs (tests/conftest.py)
+    return {arch: tiny_runs[arch][1] for arch in ARCHS}
 
 
 def test_four_architectures_see_identical_data(four_runs, tmp_path):
@@ -150,6 +149,7 @@ def test_bad_overrides_exit_nonzero_with_one_line(args, key, tmp_path):
     assert len(lines) == 1 and key in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
     out = _cli(["-m", "arch=encoder,decoder,prefix_lm,encdec", "logger=wandb", "task=addition",
                 "experiment_name=wb", *TINY], tmp_path)
@@ -176,6 +176,7 @@ def _final_params(run_dir):
     return state["params"], meta
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_exactly(tmp_path):
     args = ["arch=decoder", "size=nano", "train.steps=120", "train.checkpoint_every=10", "train.eval_every=60",
             "train.batch_size=8", "train.progress=false", "train.log_every=5", "task.seq_len=24"]
@@ -197,7 +198,7 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     resumed = _cli([*args, "hydra.run.dir=killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     done = json.loads(summary.read_text())
-    assert done["status"] == "complete" and done["resumed_from"] >= 10
+    assert done["status"] == "complete" and 10 <= done["resumed_from"] < 120  # really resumed mid-run
     a, meta_a = _final_params(tmp_path / "full")
     b, meta_b = _final_params(tmp_path / "killed")
     assert meta_a["step"] == meta_b["step"] == 120

@@ -2,6 +2,7 @@
 probes, and the alternating (A, B, A, B, ...) measurement every section uses."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import ctypes
 import os
@@ -80,6 +81,27 @@ class Plan:
     ensemble_steps: int = 5
     torch: bool = True
     quick: bool = False
+
+
+@contextlib.contextmanager
+def persistent_cache_off():
+    """Compile without JAX's persistent compilation cache inside the block (and restore it after).
+
+    Compile times are what the bench measures: a warm on-disk cache (the test suite sets one
+    through ``JAX_COMPILATION_CACHE_DIR``) would turn them into cache reads. JAX decides once per
+    process whether the cache is in use, so the decision is reset on the way in and out.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", was)
+        compilation_cache.reset_cache()
 
 
 def log(msg: str) -> None:
