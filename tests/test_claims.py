@@ -272,8 +272,9 @@ def test_uniform_causal_reference_matches_closed_form():
 def test_committed_rank_and_emergence_seed_tables_regenerate(tmp_path):
     """The per-seed tables the verdicts read are what the exporter makes of the committed CSVs."""
     from archcmp.analysis import seed_tables
-    for name in ("rank", "emergence"):
-        src = REPO / "experiments" / "results" / name
+    folders = {"rank": "rank", "emergence": "emergence/issue6_500steps"}  # the single-seed issue-6 sweep
+    for name, folder in folders.items():
+        src = REPO / "experiments" / "results" / folder
         dst = tmp_path / name
         dst.mkdir()
         for f in ("runs.csv", "metrics.csv.gz", "metrics.csv", "pl_check.csv"):
@@ -281,9 +282,9 @@ def test_committed_rank_and_emergence_seed_tables_regenerate(tmp_path):
                 shutil.copy(src / f, dst / f)
     seed_tables.export_rank(tmp_path / "rank")
     seed_tables.export_emergence(tmp_path / "emergence")
-    for name in ("rank", "emergence"):
+    for name, folder in folders.items():
         got = (tmp_path / name / "seeds.csv").read_text()
-        assert got == (REPO / "experiments" / "results" / name / "seeds.csv").read_text(), name
+        assert got == (REPO / "experiments" / "results" / folder / "seeds.csv").read_text(), name
     rank = (tmp_path / "rank" / "seeds.csv").read_text()
     assert "nano,decoder/self,0,effective_rank_rel_causal," in rank
     assert "micro/decoder,h16,0,eval_loss,2.35608" in rank  # rank/runs.csv: 2.3560841789578144
