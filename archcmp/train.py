@@ -59,11 +59,15 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     :class:`archcmp.identity.RunRefused` and leaves the directory untouched. ``on_accept(run_dir)``
     is called once the directories are claimed (the Hydra entry point writes ``.hydra/`` there).
     """
-    from archcmp import ensemble, identity
+    from archcmp import ensemble, hosts, identity
     from archcmp.run_config import parse
 
     run_dir = Path(run_dir)
     s, shape = parse(cfg)
+    # Devices and processes first (nothing compiles yet): in a multi-process run only process 0
+    # writes the run records, so only process 0 claims the directories and checks their identity.
+    hosts.start(s.device, s.distributed)
+    primary = hosts.is_primary()
     k = s.train.num_seeds
     # The members: this run itself (k=1), or seed+i in run_dir/<its run_name>/ (k>1).
     member_cfgs = [cfg] if k == 1 else ensemble.member_configs(cfg, s.seed, k)
@@ -72,16 +76,19 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     resolved = [_resolved(c) for c in member_cfgs]
     locks: list = []
     try:
-        for d in dict.fromkeys([run_dir, *dirs]):  # the group directory too (k>1)
+        for d in dict.fromkeys([run_dir, *dirs]) if primary else ():  # the group directory too (k>1)
             locks.append(identity.RunLock(d).acquire())
         idents = []
         for d, r in zip(dirs, resolved):
+            if not primary:  # the other processes neither read nor write the records
+                idents.append(identity.identity_of(r))
+                continue
             if s.train.overwrite:
                 aside = identity.move_aside(d)
                 if aside is not None:
                     print(f"archcmp-train: train.overwrite=true: moved the earlier run {d} to {aside}", file=sys.stderr)
             idents.append(identity.check(d, r))
-        if s.train.overwrite and k > 1:
+        if primary and s.train.overwrite and k > 1:
             (run_dir / ensemble.GROUP_FILE).unlink(missing_ok=True)
         return _train(cfg, run_dir, s, shape, member_cfgs, settings, dirs, idents, on_accept)
     finally:
@@ -115,9 +122,7 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     previous = [read_summary(d) for d in dirs]
     if ts.skip_complete and all(p.get("status") == "complete" for p in previous):
         return ensemble.result(s, [{**p, "skipped": True} for p in previous])
-    # Devices and processes (XLA flags, jax.distributed, mesh): checked before anything compiles.
-    hosts.start(s.device, s.distributed)
-    try:
+    try:  # (devices and processes were started by train(), before the directories were claimed)
         task = make_task(s.task.name, **s.task.params)
     except ValueError as err:
         raise ConfigError(f"task={s.task.name!r}: {err}") from None
