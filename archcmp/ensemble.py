@@ -93,12 +93,12 @@ def write_group_record(run_dir: Path, s: Any, names: list[str], member_cfgs: lis
     """
     from omegaconf import OmegaConf
 
-    from archcmp.track import _atomic_write_json, read_summary
+    from archcmp.track import atomic_write_json, read_summary
 
     stale = run_dir / "summary.json"
     if stale.exists() and read_summary(run_dir).get("status") != "complete":
         stale.unlink()
-    _atomic_write_json(run_dir / GROUP_FILE, {
+    atomic_write_json(run_dir / GROUP_FILE, {
         "num_seeds": s.train.num_seeds, "seeds": member_seeds(s.seed, s.train.num_seeds), "members": names,
         "run_name": s.run_name})
     for name, c in zip(names, member_cfgs):

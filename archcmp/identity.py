@@ -136,11 +136,11 @@ def check(run_dir: Path, resolved: Mapping[str, Any]) -> dict:
 def write(run_dir: Path, ident: Mapping[str, Any]) -> None:
     """``identity.json``: this run's settings, written once they have been validated (a directory
     that holds results keeps the identity it was made with, which :func:`check` found equal)."""
-    from archcmp.track import _atomic_write_json
+    from archcmp.track import atomic_write_json
 
     path = run_dir / IDENTITY_FILE
     if not (path.exists() and holds_results(run_dir)):
-        _atomic_write_json(path, {"hash": digest(ident), "settings": dict(ident)})
+        atomic_write_json(path, {"hash": digest(ident), "settings": dict(ident)})
 
 
 def move_aside(run_dir: Path) -> Path | None:

@@ -84,7 +84,7 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -184,7 +184,7 @@ class JsonlTracker(_TrackerBase):
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         merged = self.read_summary()
         merged.update(to_jsonable(dict(summary)))
-        _atomic_write_json(self.summary_path, merged)
+        atomic_write_json(self.summary_path, merged)
 
     def log_files(self, paths: Mapping[str, Path]) -> None:
         index_path = self.run_dir / "files.json"
@@ -198,7 +198,7 @@ class JsonlTracker(_TrackerBase):
                 shutil.copy2(p, dest)
                 p = dest.resolve()
             index[str(key)] = str(p.relative_to(root))
-        _atomic_write_json(index_path, index)
+        atomic_write_json(index_path, index)
 
     def _close_metrics(self) -> None:
         if self._f is not None and not self._f.closed:

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from archcmp.track import _TrackerBase, _atomic_write_json, to_jsonable
+from archcmp.track import _TrackerBase, atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def stable_run_id(run_dir: str | Path, *, renew: bool = False) -> str:
     if path.exists() and not renew:
         return str(json.loads(path.read_text())["id"])
     run_id = secrets.token_hex(6)  # 12 of [0-9a-f]: valid in wandb run ids and paths
-    _atomic_write_json(path, {"id": run_id})
+    atomic_write_json(path, {"id": run_id})
     return run_id
 
 
