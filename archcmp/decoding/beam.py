@@ -28,8 +28,8 @@ from einops import rearrange
 from flax import nnx
 
 from archcmp.data import vocab
-from archcmp.decoding.generate import (DecodeConfig, _check_lengths, lm_start, lm_step, prompt_batch, repetition_penalty,
-                            take_rows)
+from archcmp.decoding.lm import (DecodeConfig, check_lengths, lm_start, lm_step, prompt_batch, repetition_penalty,
+                                 take_rows)
 
 Array = jax.Array
 
@@ -90,6 +90,6 @@ def beam_search(model, prompts: Sequence[Any], dcfg: DecodeConfig) -> tuple[Arra
     if model.cfg.arch == "encoder":
         raise ValueError("beam search needs a causal architecture; arch='encoder' uses mask filling")
     prompt = prompt_batch(model.cfg.arch, prompts)
-    _check_lengths(model, prompt, dcfg.max_new_tokens)
+    check_lengths(model, prompt, dcfg.max_new_tokens)
     graphdef, params = nnx.split(model)
     return _beam_jit(graphdef, params, prompt, dcfg)

@@ -39,14 +39,6 @@ def _release_cpu_threads() -> None:
     release_cpu_share()
 
 
-def _quiet_libraries() -> None:
-    """orbax logs every checkpoint step through absl at INFO; keep the run log readable."""
-    import logging
-
-    for name in ("absl", "orbax", "jax._src.xla_bridge"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     """Train one run described by the composed config; returns its summary (also on disk).
 
@@ -101,7 +93,9 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
 def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, settings: list, dirs: list[Path],
            idents: list[dict], on_accept: Any) -> dict:
     """The run itself, once its directories are claimed (see :func:`train`)."""
-    _quiet_libraries()
+    from archcmp.distributed.hosts import quiet_libraries
+
+    quiet_libraries()
     import jax
     from flax import nnx
 
