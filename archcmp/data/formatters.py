@@ -34,8 +34,8 @@ from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.noising import mlm_corrupt, span_corrupt
 from archcmp.data.packing import pack_rows
+from archcmp.model.config import ARCHS
 
-ARCHS = ("decoder", "prefix_lm", "encdec", "encoder")
 OBJECTIVES = {"decoder": ("task",), "prefix_lm": ("task",), "encdec": ("task", "span"), "encoder": ("task", "mlm")}
 _DEFAULT_LOSS_ON = {"decoder": "targets", "prefix_lm": "targets"}
 
