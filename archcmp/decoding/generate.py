@@ -43,8 +43,10 @@ from flax import nnx
 from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.decoding.beam import beam_search
+from archcmp.model.archs import arch_spec
+from archcmp.model.models import check_token_ids
 # the shared LM machinery, importable from here too (one import for callers of generate)
-from archcmp.decoding.lm import (STRATEGIES, DecodeConfig, check_lengths, choose, filter_logits, lm_start, lm_step,
+from archcmp.decoding.lm import (STRATEGIES, DecodeConfig, check_lengths, choose, filter_logits, lm_start, lm_step, prompt_arrays,
                                  pad_after_eos, prompt_batch, repetition_penalty, take_rows)
 
 __all__ = ["STRATEGIES", "DecodeConfig", "answer_logprobs", "beam_search", "check_lengths", "choose", "filter_logits",
@@ -97,8 +99,7 @@ def generate(model, prompts: Sequence[Any], cfg: DecodeConfig = DecodeConfig(), 
     ``target_lengths`` MASK slots per row (default ``max_new_tokens``, EOS allowed) in parallel and
     refines them for ``cfg.refine_rounds`` Mask-Predict rounds. Output is PAD after the first EOS.
     """
-    arch = model.cfg.arch
-    if arch == "encoder":
+    if not arch_spec(model.cfg.arch).autoregressive:
         return mask_fill(model, prompts, cfg.max_new_tokens, target_lengths, cfg.refine_rounds)[0]
     if target_lengths is not None:
         raise ValueError("target_lengths only applies to arch='encoder'")
@@ -145,7 +146,7 @@ def mask_fill(model, prompts: Sequence[Any], max_new: int, target_lengths: Seque
     -> (tokens [B, max_new] PAD after EOS, info) with info["history"] [R+1, B, K] (tokens after each
     round, before EOS padding) and info["remasked"] [R, B, K] (which slots each round re-masked).
     """
-    xs = _as_inputs(prompts)
+    xs = prompt_arrays(prompts)
     ks = [max_new] * len(xs) if target_lengths is None else [int(k) for k in target_lengths]
     if len(ks) != len(xs) or min(ks) < 1 or max(ks) > max_new:
         raise ValueError(f"target_lengths must give 1..max_new_tokens={max_new} slots per prompt, got {ks}")

@@ -15,11 +15,11 @@ import numpy as np
 
 from archcmp.data import vocab
 from archcmp.data.example import Example
+from archcmp.model.archs import arch_spec
 from archcmp.model.models import check_token_ids
 
 Array = jax.Array
 STRATEGIES = ("greedy", "sample", "beam")
-_CAUSAL = ("decoder", "prefix_lm", "encdec")
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,17 @@ class DecodeConfig:
 
 
 # ---- prompts -----------------------------------------------------------------------------
-def _as_inputs(prompts: Sequence[Any]) -> list[np.ndarray]:
+def prompt_arrays(prompts: Sequence[Any]) -> list[np.ndarray]:
+    """Each prompt (an Example: its ``inputs``; or an int array) as a flat int32 array."""
     return [np.asarray(p.inputs if isinstance(p, Example) else p, np.int32).reshape(-1) for p in prompts]
 
 
 def prompt_batch(arch: str, prompts: Sequence[Any]) -> dict[str, np.ndarray]:
     """Causal-arch prompts as arrays. decoder / prefix_lm: left-padded ``BOS x SEP`` [B, P] with
     formatter positions; encdec: right-padded encoder ``x`` [B, S] (as the formatter lays it out)."""
-    xs = _as_inputs(prompts)
+    xs = prompt_arrays(prompts)
     B = len(xs)
-    if arch == "encdec":
+    if arch_spec(arch).encoder_stack:
         S = max(1, max(x.size for x in xs))
         out = {k: np.zeros((B, S), np.int32) for k in ("enc_inputs", "enc_segment_ids", "enc_positions")}
         for b, x in enumerate(xs):
@@ -99,7 +100,7 @@ def lm_start(model, prompt: dict, max_new: int, use_cache: bool) -> tuple[dict, 
     full token buffer when ``use_cache=False``) and each row's next position.
     """
     arch = model.cfg.arch
-    if arch == "encdec":
+    if arch_spec(arch).encoder_stack:
         memory = model.encode(prompt["enc_inputs"], prompt["enc_segment_ids"], prompt["enc_positions"])
         B = memory.shape[0]
         first = {"inputs": jnp.full((B, 1), vocab.BOS, jnp.int32), "segment_ids": jnp.ones((B, 1), jnp.int32),
@@ -133,7 +134,7 @@ def lm_step(model, state: dict, tokens: Array) -> tuple[dict, Array]:
     pos = state["next_pos"]
     new = {"inputs": tokens[:, None].astype(jnp.int32), "segment_ids": jnp.ones((B, 1), jnp.int32),
            "positions": pos[:, None]}
-    if model.cfg.arch != "encdec":
+    if not arch_spec(model.cfg.arch).encoder_stack:
         new["prefix_mask"] = jnp.zeros((B, 1), bool)  # generated tokens are never prefix
     state = dict(state, next_pos=pos + 1)
     if "cache" in state:
@@ -142,7 +143,7 @@ def lm_step(model, state: dict, tokens: Array) -> tuple[dict, Array]:
     slot = state["slot"] + 1
     buf = {k: jax.lax.dynamic_update_slice(v, new[k].astype(v.dtype), (0, slot)) for k, v in state["buf"].items()}
     state.update(slot=slot, buf=buf)
-    if model.cfg.arch == "encdec":
+    if arch_spec(model.cfg.arch).encoder_stack:
         logits = model.decode(state["memory"], dict(buf, enc_segment_ids=state["enc_segment_ids"]))
     else:
         logits = model(buf)
