@@ -34,7 +34,7 @@ from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.noising import mlm_corrupt, span_corrupt
 from archcmp.data.packing import pack_rows
-from archcmp.model.archs import ARCH_SPECS, ArchSpec, arch_spec
+from archcmp.model.archs import ArchSpec, arch_spec
 
 
 
