@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
+from archcmp.model.config import ARCHS, ModelConfig
 from archcmp.training.settings import OptimSettings
 
-ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
 SECTIONS = ("mfu", "train", "compile", "decode", "ensemble")
 INSTALL_HINT = 'pip install -e ".[bench]"  (torch==2.13.0 CPU build + transformers)'
 NOTES_MARKER = "<!-- notes: archcmp-bench keeps everything below this line when it rewrites the file -->"

@@ -4,12 +4,16 @@ Modules: vocab (special ids), tokenizers, example (Example), tasks (+ text_tasks
 packing (fit rule, row packing), noising (MLM, span corruption), formatters (per-arch batch
 layouts), fingerprint, pipeline (checkpointable iterator, eval batches).
 """
+from archcmp.model.config import ARCHS  # the one list of architectures, re-exported for data users
 from archcmp.data.example import Example
 from archcmp.data.fingerprint import Fingerprinter, fingerprint
-from archcmp.data.formatters import ARCHS, Formatter, format_examples, make_formatter
+from archcmp.data.formatters import Formatter, format_examples, make_formatter
 from archcmp.data.packing import fit_example, pack_rows
 from archcmp.data.pipeline import BatchIterator, FullBatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples
 from archcmp.data.tasks import SPLITS, Task, make_task, task_names
+# registers the text tasks (shakespeare, shakespeare_bpe) in the task registry of ``tasks``; every
+# import of a data module runs this package first, so make_task always knows them
+from archcmp.data import text_tasks  # noqa: E402,F401
 
 __all__ = [
     "ARCHS", "SPLITS", "BatchIterator", "FullBatchIterator", "Example", "Fingerprinter", "Formatter", "Task", "batch_rng",

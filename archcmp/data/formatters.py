@@ -34,10 +34,8 @@ from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.noising import mlm_corrupt, span_corrupt
 from archcmp.data.packing import pack_rows
+from archcmp.model.archs import ArchSpec, arch_spec
 
-ARCHS = ("decoder", "prefix_lm", "encdec", "encoder")
-OBJECTIVES = {"decoder": ("task",), "prefix_lm": ("task",), "encdec": ("task", "span"), "encoder": ("task", "mlm")}
-_DEFAULT_LOSS_ON = {"decoder": "targets", "prefix_lm": "targets"}
 
 
 @dataclass
@@ -78,12 +76,11 @@ class Formatter:
     mean_span: float = 3.0
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.objective not in OBJECTIVES[self.arch]:
-            raise ValueError(f"objective for {self.arch} must be one of {OBJECTIVES[self.arch]}, got {self.objective!r}")
-        if self.arch in _DEFAULT_LOSS_ON:
-            loss_on = self.loss_on or _DEFAULT_LOSS_ON[self.arch]
+        spec = arch_spec(self.arch)
+        if self.objective not in spec.objectives:
+            raise ValueError(f"objective for {self.arch} must be one of {spec.objectives}, got {self.objective!r}")
+        if spec.default_loss_on is not None:
+            loss_on = self.loss_on or spec.default_loss_on
             if loss_on not in ("all", "targets"):
                 raise ValueError(f"loss_on must be 'all' or 'targets', got {self.loss_on!r}")
             object.__setattr__(self, "loss_on", loss_on)
@@ -91,13 +88,17 @@ class Formatter:
             raise ValueError(f"loss_on applies to decoder/prefix_lm only, not {self.arch}")
         if self.seq_len < 3:
             raise ValueError(f"seq_len must be >= 3, got {self.seq_len}")
-        if self.arch == "encdec":
+        if spec.encoder_stack:
             enc_len = self.seq_len if self.enc_len is None else self.enc_len
             if enc_len < self.seq_len - 2:
                 raise ValueError(f"enc_len {enc_len} must be >= seq_len - 2 = {self.seq_len - 2}")
             object.__setattr__(self, "enc_len", enc_len)
         if self.objective == "mlm" and (self.vocab_size is None or self.vocab_size <= vocab.N_SPECIAL):
             raise ValueError(f"objective 'mlm' needs vocab_size > {vocab.N_SPECIAL}, got {self.vocab_size!r}")
+
+    @property
+    def spec(self) -> ArchSpec:
+        return arch_spec(self.arch)
 
     @property
     def needs_rng(self) -> bool:
@@ -109,10 +110,10 @@ class Formatter:
         n, m = x.size, y.size
         is_y = np.zeros(n + m + 1, np.float32)
         is_y[n + 1:] = 1.0  # positions n+1 .. n+m predict y_1 .. y_m
-        if self.arch in ("decoder", "prefix_lm"):
+        if self.spec.autoregressive:  # decoder / prefix_lm (encdec has its own layout)
             tokens = np.concatenate([[vocab.BOS], x, [vocab.SEP], y])
             w = is_y if self.loss_on == "targets" else np.ones_like(is_y)
-            prefix = np.arange(n + m + 1) < n + 2 if self.arch == "prefix_lm" else None
+            prefix = np.arange(n + m + 1) < n + 2 if self.spec.prompt_is_prefix else None
             return _seg(tokens[:-1], tokens[1:], w, is_y, prefix)
         # encoder
         if self.objective == "task":
@@ -148,16 +149,17 @@ class Formatter:
         out = {k: np.zeros((B, T), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
         out["weights"] = np.zeros((B, T), np.float32)
         out["eval_weights"] = np.zeros((B, T), np.float32)
-        if self.arch == "prefix_lm":
+        spec = self.spec
+        if spec.prompt_is_prefix:
             out["prefix_mask"] = np.zeros((B, T), bool)
-        if self.arch == "encdec":
+        if spec.encoder_stack:
             S = self.enc_len
             for k in ("enc_inputs", "enc_segment_ids", "enc_positions"):
                 out[k] = np.zeros((B, S), np.int32)
         for b, row in enumerate(rows):
             t = s = 0
             for k, ex in enumerate(row, start=1):
-                if self.arch == "encdec":
+                if spec.encoder_stack:
                     enc, seg = self._encdec(ex, rng)
                     if s + enc.size > self.enc_len:
                         raise ValueError(f"row {b}: encoder tokens exceed enc_len {self.enc_len}")
@@ -177,7 +179,7 @@ class Formatter:
                 out["eval_weights"][b, sl] = seg.eval_weights
                 out["segment_ids"][b, sl] = k
                 out["positions"][b, sl] = np.arange(L)
-                if self.arch == "prefix_lm":
+                if spec.prompt_is_prefix:
                     out["prefix_mask"][b, sl] = seg.prefix
                 t += L
         return out

@@ -87,23 +87,22 @@ class BatchIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         T, B = self.formatter.seq_len, self.batch_size
-        rows: list[list[Example]] = []
-        fill = T + 1
         pos, dropped = (self.epoch, self.index), 0
-        for after, ex in self._stream():
-            if ex is None:
-                dropped += 1
+
+        def fitted() -> Iterator[Example]:
+            """The stream's fitted examples; ``pos`` moves past an example only once pack_rows asks
+            for the next one (it placed this one), so the example that did not fit starts the next
+            batch. Dropped examples on the way are consumed."""
+            nonlocal pos, dropped
+            for after, ex in self._stream():
+                if ex is not None:
+                    yield ex
+                else:
+                    dropped += 1
                 pos = after
-                continue
-            if self.packing and fill + ex.footprint <= T:
-                rows[-1].append(ex)
-                fill += ex.footprint
-            elif len(rows) == B:
-                break  # not consumed: it starts the next batch
-            else:
-                rows.append([ex])
-                fill = ex.footprint
-            pos = after
+
+        # the one packing rule, shared with the eval batches (packing.pack_rows)
+        rows, _ = pack_rows(fitted(), B, T, self.packing)
         if not rows:
             raise StopIteration
         batch = self.formatter(rows, B, batch_rng(self.seed, self.step) if self.formatter.needs_rng else None)

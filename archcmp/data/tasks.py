@@ -60,7 +60,7 @@ def check_split(split: str) -> int:
     return _SPLIT_CODE[split]
 
 
-def _bad(task: str, key: str, value, want: str) -> ValueError:
+def bad_param(task: str, key: str, value, want: str) -> ValueError:
     return ValueError(f"{task}: parameter {key!r} must be {want}, got {value!r}")
 
 
@@ -72,13 +72,13 @@ def _int_range(task: str, key: str, value, lo: int, hi: int) -> tuple[int, int]:
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise _bad(task, key, value, f"an int or a [min, max] pair of ints in [{lo}, {hi}]")
+        raise bad_param(task, key, value, f"an int or a [min, max] pair of ints in [{lo}, {hi}]")
     if not lo <= pair[0] <= pair[1] <= hi:
-        raise _bad(task, key, value, f"within [{lo}, {hi}] with min <= max")
+        raise bad_param(task, key, value, f"within [{lo}, {hi}] with min <= max")
     return pair
 
 
-def _rng(tag: str, *ints: int) -> np.random.Generator:
+def task_rng(tag: str, *ints: int) -> np.random.Generator:
     """Generator keyed by a task tag and non-negative ints (seed, split, index, ...)."""
     tag_int = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "little")
     if any(int(i) < 0 for i in ints):
@@ -127,7 +127,7 @@ class _SampledTask(Task):
 
     def example(self, split: str, seed: int, index: int) -> Example:
         code = check_split(split)
-        rng = _rng(self.name, seed, code, index)
+        rng = task_rng(self.name, seed, code, index)
         for _ in range(_MAX_TRIES):
             key, ex = self._draw(rng)
             if hashed_split(self.name, key) == split:
@@ -143,7 +143,7 @@ class _ArithmeticTask(_SampledTask):
     def __init__(self, digits=3, reverse: bool = False):
         self.digits = _int_range(self.name, "digits", digits, 1, 18)
         if not isinstance(reverse, bool):
-            raise _bad(self.name, "reverse", reverse, "a bool")
+            raise bad_param(self.name, "reverse", reverse, "a bool")
         self.reverse = reverse
         self.tokenizer = ArithmeticTokenizer()
         hi = self.digits[1]
@@ -229,17 +229,17 @@ class ModularTask(Task):
     def __init__(self, p: int = 97, op: str = "+", train_frac: float = 0.5, split_seed: int = 0,
                  tokens: str = "digits"):
         if not isinstance(p, (int, np.integer)) or isinstance(p, bool) or not 2 <= p <= 1000:
-            raise _bad("modular", "p", p, "an int in [2, 1000]")
+            raise bad_param("modular", "p", p, "an int in [2, 1000]")
         if op not in ("+", "-", "*", "/"):
-            raise _bad("modular", "op", op, "one of '+', '-', '*', '/'")
+            raise bad_param("modular", "op", op, "one of '+', '-', '*', '/'")
         if op == "/" and not _is_prime(int(p)):
-            raise _bad("modular", "p", p, "prime when op is '/'")
+            raise bad_param("modular", "p", p, "prime when op is '/'")
         if not isinstance(train_frac, (float, int)) or not 0.0 < float(train_frac) < 1.0:
-            raise _bad("modular", "train_frac", train_frac, "a float in (0, 1)")
+            raise bad_param("modular", "train_frac", train_frac, "a float in (0, 1)")
         if not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
-            raise _bad("modular", "split_seed", split_seed, "a non-negative int")
+            raise bad_param("modular", "split_seed", split_seed, "a non-negative int")
         if tokens not in ("digits", "symbols"):
-            raise _bad("modular", "tokens", tokens, "'digits' or 'symbols'")
+            raise bad_param("modular", "tokens", tokens, "'digits' or 'symbols'")
         self.p, self.op, self.train_frac, self.split_seed = int(p), op, float(train_frac), int(split_seed)
         self.tokens = tokens
         if tokens == "symbols":
@@ -252,7 +252,7 @@ class ModularTask(Task):
         b_lo = 1 if op == "/" else 0
         a, b = np.meshgrid(np.arange(self.p), np.arange(b_lo, self.p), indexing="ij")
         pairs = np.stack([a.ravel(), b.ravel()], axis=1)  # [N, 2]
-        perm = _rng("modular-split", self.split_seed, self.p).permutation(len(pairs))
+        perm = task_rng("modular-split", self.split_seed, self.p).permutation(len(pairs))
         n_train = int(round(self.train_frac * len(pairs)))
         n_val = (len(pairs) - n_train + 1) // 2
         self._pairs = {
@@ -284,7 +284,7 @@ class ModularTask(Task):
         if key not in self._order_cache:
             if len(self._order_cache) > 8:
                 self._order_cache.clear()
-            self._order_cache[key] = _rng("modular-order", seed, check_split(split)).permutation(self.size(split))
+            self._order_cache[key] = task_rng("modular-order", seed, check_split(split)).permutation(self.size(split))
         order = self._order_cache[key]
         if not 0 <= index < len(order):
             raise IndexError(f"modular: index {index} outside epoch of {len(order)} examples")
@@ -316,11 +316,11 @@ class RecallTask(_SampledTask):
     def __init__(self, shots=4, n_keys: int = 8, n_values: int = 10, query: str = "any"):
         self.shots = _int_range("recall", "shots", shots, 1, 256)
         if not isinstance(n_keys, (int, np.integer)) or not 2 <= n_keys <= 26:
-            raise _bad("recall", "n_keys", n_keys, "an int in [2, 26]")
+            raise bad_param("recall", "n_keys", n_keys, "an int in [2, 26]")
         if not isinstance(n_values, (int, np.integer)) or not 2 <= n_values <= 10:
-            raise _bad("recall", "n_values", n_values, "an int in [2, 10]")
+            raise bad_param("recall", "n_values", n_values, "an int in [2, 10]")
         if query not in ("any", "seen"):
-            raise _bad("recall", "query", query, "'any' or 'seen'")
+            raise bad_param("recall", "query", query, "'any' or 'seen'")
         self.n_keys, self.n_values, self.query = int(n_keys), int(n_values), query
         self.tokenizer = ArithmeticTokenizer()
         self.max_tokens = 4 * self.shots[1] + 2 + 2
@@ -356,9 +356,9 @@ class InductionTask(_SampledTask):
     def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none"):
         self.length = _int_range("induction", "length", length, 2, 256)
         if not isinstance(n_symbols, (int, np.integer)) or isinstance(n_symbols, bool) or not 2 <= n_symbols <= 26:
-            raise _bad("induction", "n_symbols", n_symbols, "an int in [2, 26]")
+            raise bad_param("induction", "n_symbols", n_symbols, "an int in [2, 26]")
         if prompt not in ("none", "first"):
-            raise _bad("induction", "prompt", prompt, "'none' or 'first'")
+            raise bad_param("induction", "prompt", prompt, "'none' or 'first'")
         self.n_symbols, self.prompt = int(n_symbols), prompt
         self.tokenizer = ArithmeticTokenizer()
         self.max_tokens = 2 * self.length[1] + 1
@@ -371,6 +371,3 @@ class InductionTask(_SampledTask):
             return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
         return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
 
-
-# Registered on import: shakespeare lives in its own module (text loading + caching).
-from archcmp.data import text_tasks as _text_tasks  # noqa: E402,F401

@@ -18,7 +18,7 @@ import numpy as np
 
 from archcmp.data import shakespeare
 from archcmp.data.example import Example
-from archcmp.data.tasks import SPLITS, Task, _bad, _rng, check_split, register_task
+from archcmp.data.tasks import SPLITS, Task, bad_param, task_rng, check_split, register_task
 from archcmp.data.tokenizers import CharTokenizer, Tokenizer, cached_bpe, default_cache_dir, text_digest
 
 WORK_SEPARATOR = "\n\n"
@@ -44,13 +44,13 @@ class TextWindowTask(Task):
     def example(self, split, seed, index):
         code = check_split(split)
         stream, L = self.tokens[split], self.seq_len
-        rng = _rng(self.name + "-window", seed, code, index)
+        rng = task_rng(self.name + "-window", seed, code, index)
         if split == "train":
             start = int(rng.integers(0, len(stream) - L + 1))
         else:
             key = (split, int(seed))
             if key not in self._perm:
-                self._perm[key] = _rng(self.name + "-tiles", seed, code).permutation(self.size(split))
+                self._perm[key] = task_rng(self.name + "-tiles", seed, code).permutation(self.size(split))
             perm = self._perm[key]
             if not 0 <= index < len(perm):
                 raise IndexError(f"{self.name}: index {index} outside {split} epoch of {len(perm)} windows")
@@ -86,11 +86,11 @@ class ShakespeareTask(TextWindowTask):
     def __init__(self, tokenizer: str = "char", seq_len: int = 128, bpe_vocab_size: int = 2048,
                  cache_dir: str | None = None):
         if tokenizer not in ("char", "bpe"):
-            raise _bad("shakespeare", "tokenizer", tokenizer, "'char' or 'bpe'")
+            raise bad_param("shakespeare", "tokenizer", tokenizer, "'char' or 'bpe'")
         if not isinstance(seq_len, (int, np.integer)) or not 2 <= seq_len <= 1_000_000:
-            raise _bad("shakespeare", "seq_len", seq_len, "an int >= 2")
+            raise bad_param("shakespeare", "seq_len", seq_len, "an int >= 2")
         if not isinstance(bpe_vocab_size, (int, np.integer)) or bpe_vocab_size < 277:
-            raise _bad("shakespeare", "bpe_vocab_size", bpe_vocab_size, "an int >= 277 (21 specials + 256 bytes)")
+            raise bad_param("shakespeare", "bpe_vocab_size", bpe_vocab_size, "an int >= 277 (21 specials + 256 bytes)")
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         splits = shakespeare.load_splits(cache)
         self.works = {s: sorted(splits[s]) for s in SPLITS}

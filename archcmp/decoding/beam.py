@@ -28,8 +28,9 @@ from einops import rearrange
 from flax import nnx
 
 from archcmp.data import vocab
-from archcmp.decoding.generate import (DecodeConfig, _check_lengths, lm_start, lm_step, prompt_batch, repetition_penalty,
-                            take_rows)
+from archcmp.model.archs import arch_spec
+from archcmp.decoding.lm import (DecodeConfig, check_lengths, lm_start, lm_step, prompt_batch, repetition_penalty,
+                                 take_rows)
 
 Array = jax.Array
 
@@ -87,9 +88,9 @@ def _beam_jit(graphdef, params, prompt, dcfg: DecodeConfig):
 
 def beam_search(model, prompts: Sequence[Any], dcfg: DecodeConfig) -> tuple[Array, Array]:
     """Best beam per prompt.  -> (tokens int32 [B, max_new] PAD after EOS, length-penalised score [B])."""
-    if model.cfg.arch == "encoder":
+    if not arch_spec(model.cfg.arch).autoregressive:
         raise ValueError("beam search needs a causal architecture; arch='encoder' uses mask filling")
     prompt = prompt_batch(model.cfg.arch, prompts)
-    _check_lengths(model, prompt, dcfg.max_new_tokens)
+    check_lengths(model, prompt, dcfg.max_new_tokens)
     graphdef, params = nnx.split(model)
     return _beam_jit(graphdef, params, prompt, dcfg)

@@ -27,16 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from archcmp.model.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _config_error(msg: str) -> Exception:
-    from archcmp.training.settings import ConfigError
-
-    return ConfigError(msg)
+def quiet_libraries() -> None:
+    """orbax logs every checkpoint step through absl at INFO; keep the run log readable."""
+    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---- settings -------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ class DistributedSettings:
 def _flags(node: Mapping, key: str) -> tuple[str, ...]:
     value = node.get(key) or []
     if isinstance(value, str) or not all(isinstance(f, str) and f.startswith("--") for f in value):
-        raise _config_error(f"device.{key}={value!r}: must be a list of flags, each starting with '--'")
+        raise ConfigError(f"device.{key}={value!r}: must be a list of flags, each starting with '--'")
     return tuple(value)
 
 
@@ -69,10 +71,10 @@ def parse_device(cfg: Mapping[str, Any]) -> DeviceSettings:
     node = cfg.get("device") or {}
     platform = node.get("platform", "cpu")
     if platform not in PLATFORMS:
-        raise _config_error(f"device.platform={platform!r}: choose one of {list(PLATFORMS)}")
+        raise ConfigError(f"device.platform={platform!r}: choose one of {list(PLATFORMS)}")
     for key in ("dtype", "param_dtype"):
         if node.get(key, "float32") not in DTYPES:
-            raise _config_error(f"device.{key}={node.get(key)!r}: choose one of {list(DTYPES)}")
+            raise ConfigError(f"device.{key}={node.get(key)!r}: choose one of {list(DTYPES)}")
     return DeviceSettings(name=str(node.get("name", platform)), platform=platform,
                           dtype=node.get("dtype", "float32"), param_dtype=node.get("param_dtype", "float32"),
                           xla_flags=_flags(node, "xla_flags"), libtpu_init_args=_flags(node, "libtpu_init_args"))
@@ -82,18 +84,18 @@ def parse_distributed(cfg: Mapping[str, Any]) -> DistributedSettings:
     node = cfg.get("distributed") or {}
     init = node.get("initialize", "auto")
     if init not in ("auto", True, False):
-        raise _config_error(f"distributed.initialize={init!r}: choose auto, true or false")
+        raise ConfigError(f"distributed.initialize={init!r}: choose auto, true or false")
     addr, n, pid = node.get("coordinator_address"), node.get("num_processes"), node.get("process_id")
     if addr is not None and (not isinstance(addr, str) or ":" not in addr):
-        raise _config_error(f"distributed.coordinator_address={addr!r}: must be 'host:port'")
+        raise ConfigError(f"distributed.coordinator_address={addr!r}: must be 'host:port'")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise _config_error(f"distributed.num_processes={n!r}: must be a positive integer")
+        raise ConfigError(f"distributed.num_processes={n!r}: must be a positive integer")
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0
                             or (n is not None and pid >= n)):
-        raise _config_error(f"distributed.process_id={pid!r}: must be an integer in [0, num_processes={n})")
+        raise ConfigError(f"distributed.process_id={pid!r}: must be an integer in [0, num_processes={n})")
     if addr is not None and (n is None or pid is None):
         missing = "num_processes" if n is None else "process_id"
-        raise _config_error(f"distributed.{missing}: missing; needed with distributed.coordinator_address={addr!r}")
+        raise ConfigError(f"distributed.{missing}: missing; needed with distributed.coordinator_address={addr!r}")
     return DistributedSettings(initialize=init, coordinator_address=addr, num_processes=n, process_id=pid)
 
 
@@ -172,12 +174,12 @@ def start(device: DeviceSettings, dist: DistributedSettings) -> None:
     if wanted and not jax.distributed.is_initialized():
         if not fresh:
             key = "distributed.coordinator_address" if dist.coordinator_address else "distributed.initialize"
-            raise _config_error(f"{key}: JAX already started in this process; a multi-process run needs a fresh process")
+            raise ConfigError(f"{key}: JAX already started in this process; a multi-process run needs a fresh process")
         jax.distributed.initialize(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
                                    process_id=dist.process_id)
     found = jax.default_backend()
     if found != device.platform:
-        raise _config_error(f"device={device.name!r}: JAX found no {device.platform} (its backend is {found}); "
+        raise ConfigError(f"device={device.name!r}: JAX found no {device.platform} (its backend is {found}); "
                             f"use device={found} or install JAX for {device.platform}")
 
 

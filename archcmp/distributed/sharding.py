@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from archcmp.model.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -41,12 +43,6 @@ LOGICAL_AXES = ("batch", "vocab", "embed", "heads", "kv", "qkv", "mlp", "gate", 
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"), "embed": ("fsdp",), "vocab": ("tensor",), "heads": ("tensor",),
     "mlp": ("tensor",)}
-
-
-def _config_error(msg: str) -> Exception:
-    from archcmp.training.settings import ConfigError
-
-    return ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -69,13 +65,13 @@ class MeshSettings:
         fixed = math.prod(v for v in sizes.values() if v != -1)
         if fill:
             if n_devices % fixed:
-                raise _config_error(f"mesh.{fill[0]}=-1: the other axes ({fixed} devices) do not divide the "
+                raise ConfigError(f"mesh.{fill[0]}=-1: the other axes ({fixed} devices) do not divide the "
                                     f"{n_devices} devices")
             sizes[fill[0]] = n_devices // fixed
         elif fixed != n_devices:
             shown = "x".join(f"{a}={sizes[a]}" for a in MESH_AXES)
             first = next((a for a in MESH_AXES if sizes[a] != 1), "data")
-            raise _config_error(f"mesh.{first}={sizes[first]}: mesh {shown} has {fixed} devices but JAX sees "
+            raise ConfigError(f"mesh.{first}={sizes[first]}: mesh {shown} has {fixed} devices but JAX sees "
                                 f"{n_devices}; make the product match or set one axis to -1")
         return sizes
 
@@ -85,28 +81,28 @@ def parse_mesh(cfg: Mapping[str, Any]) -> MeshSettings:
     mesh = cfg.get("mesh") or {}
     unknown = sorted(set(mesh) - set(MESH_AXES))
     if unknown:
-        raise _config_error(f"mesh.{unknown[0]}: unknown mesh axis; the axes are {list(MESH_AXES)}")
+        raise ConfigError(f"mesh.{unknown[0]}: unknown mesh axis; the axes are {list(MESH_AXES)}")
     sizes = {}
     for axis in MESH_AXES:
         value = mesh.get(axis, -1 if axis == "data" else 1)
         if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
-            raise _config_error(f"mesh.{axis}={value!r}: must be a positive integer or -1 (all remaining devices)")
+            raise ConfigError(f"mesh.{axis}={value!r}: must be a positive integer or -1 (all remaining devices)")
         sizes[axis] = value
     if sum(v == -1 for v in sizes.values()) > 1:
         axes = [a for a, v in sizes.items() if v == -1]
-        raise _config_error(f"mesh.{axes[1]}=-1: only one mesh axis can be -1 (mesh.{axes[0]} already is)")
+        raise ConfigError(f"mesh.{axes[1]}=-1: only one mesh axis can be -1 (mesh.{axes[0]} already is)")
     raw_rules = (cfg.get("sharding") or {}).get("rules")
     rules = dict(DEFAULT_RULES) if raw_rules is None else {}
     for name, target in (raw_rules or {}).items():
         key = f"sharding.rules.{name}"
         if name not in LOGICAL_AXES:
-            raise _config_error(f"{key}: unknown logical axis; choose among {list(LOGICAL_AXES)}")
+            raise ConfigError(f"{key}: unknown logical axis; choose among {list(LOGICAL_AXES)}")
         targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
         for t in targets:
             if t not in MESH_AXES:
-                raise _config_error(f"{key}={target!r}: {t!r} is not a mesh axis; use {list(MESH_AXES)} or null")
+                raise ConfigError(f"{key}={target!r}: {t!r} is not a mesh axis; use {list(MESH_AXES)} or null")
         if len(set(targets)) != len(targets):
-            raise _config_error(f"{key}={target!r}: a mesh axis appears twice")
+            raise ConfigError(f"{key}={target!r}: a mesh axis appears twice")
         rules[name] = targets
     return MeshSettings(rules=tuple(sorted(rules.items())), **sizes)
 
@@ -311,9 +307,9 @@ def make_placement(settings: MeshSettings | None, *, batch_size: int, grad_accum
     if micro % shards:
         key = "train.batch_size" if grad_accum == 1 else "train.grad_accum"
         value = batch_size if grad_accum == 1 else grad_accum
-        raise _config_error(f"{key}={value}: micro-batches of {micro} rows do not split over the "
+        raise ConfigError(f"{key}={value}: micro-batches of {micro} rows do not split over the "
                             f"{shards} devices of the batch axes {list(place.batch_axes)} (mesh {sizes})")
     if eval_batch_size % shards:
-        raise _config_error(f"train.eval_batch_size={eval_batch_size}: does not split over the {shards} devices "
+        raise ConfigError(f"train.eval_batch_size={eval_batch_size}: does not split over the {shards} devices "
                             f"of the batch axes {list(place.batch_axes)} (mesh {sizes})")
     return place

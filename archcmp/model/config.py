@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value (any config group: model, train, device, mesh, ...); the message
+    starts with ``key=value``."""
+
+
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")

@@ -26,7 +26,7 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
-def _logical(value: Array, axes: tuple[str, ...]) -> nnx.Param:
+def logical_param(value: Array, axes: tuple[str, ...]) -> nnx.Param:
     """A parameter tagged with one logical axis name per dimension (``out_sharding`` metadata).
 
     The names (vocab, embed, heads, kv, qkv, mlp, gate, norm, pos, rel_buckets; ``layers`` is added
@@ -37,14 +37,14 @@ def _logical(value: Array, axes: tuple[str, ...]) -> nnx.Param:
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], cfg: ModelConfig, axes: tuple[str, ...],
+def init_param(rngs: nnx.Rngs, shape: tuple[int, ...], cfg: ModelConfig, axes: tuple[str, ...],
            std: float | None = None) -> nnx.Param:
     std = cfg.init_std if std is None else std
     init = jax.random.normal(rngs.params(), shape, jnp.float32) * std
-    return _logical(init.astype(_dtype(cfg.param_dtype)), axes)
+    return logical_param(init.astype(_dtype(cfg.param_dtype)), axes)
 
 
-def _cast(p: nnx.Param, cfg: ModelConfig) -> Array:
+def cast_param(p: nnx.Param, cfg: ModelConfig) -> Array:
     return p[...].astype(_dtype(cfg.dtype))
 
 
@@ -62,21 +62,21 @@ class Embed(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.table = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg, ("vocab", "embed"), std=1.0 / math.sqrt(cfg.d_model))
+        self.table = init_param(rngs, (cfg.vocab_size, cfg.d_model), cfg, ("vocab", "embed"), std=1.0 / math.sqrt(cfg.d_model))
         if cfg.type_vocab_size:
-            self.type_table = _param(rngs, (cfg.type_vocab_size, cfg.d_model), cfg, ("token_types", "embed"))
+            self.type_table = init_param(rngs, (cfg.type_vocab_size, cfg.d_model), cfg, ("token_types", "embed"))
 
     def __call__(self, ids: Array, token_types: Array | None = None) -> Array:
         # An id outside [0, V) gives a NaN row instead of JAX's silent clamp to the last row, so under
         # jit (where ids cannot be checked on the host) a bad id shows up as a NaN loss.
-        x = jnp.take(_cast(self.table, self.cfg), ids, axis=0, mode="fill", fill_value=jnp.nan)  # [B, T] -> [B, T, D]
+        x = jnp.take(cast_param(self.table, self.cfg), ids, axis=0, mode="fill", fill_value=jnp.nan)  # [B, T] -> [B, T, D]
         if self.cfg.type_vocab_size:  # BERT's segment A/B embedding; type 0 when not given
             types = jnp.zeros_like(ids) if token_types is None else token_types
-            x = x + jnp.take(_cast(self.type_table, self.cfg), types, axis=0, mode="fill", fill_value=jnp.nan)
+            x = x + jnp.take(cast_param(self.type_table, self.cfg), types, axis=0, mode="fill", fill_value=jnp.nan)
         return x
 
     def attend(self, x: Array) -> Array:
-        return jnp.einsum("btd,vd->btv", x, _cast(self.table, self.cfg))  # [B, T, V]
+        return jnp.einsum("btd,vd->btv", x, cast_param(self.table, self.cfg))  # [B, T, V]
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> Array:
@@ -129,9 +129,9 @@ class Positions(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, causal: bool = False):
         self.cfg, self.causal = cfg, causal
         if cfg.pos_encoding == "learned":
-            self.table = _param(rngs, (cfg.max_len, cfg.d_model), cfg, ("pos", "embed"))
+            self.table = init_param(rngs, (cfg.max_len, cfg.d_model), cfg, ("pos", "embed"))
         elif cfg.pos_encoding == "relative":
-            self.rel = _param(rngs, (cfg.rel_buckets, cfg.n_heads), cfg, ("rel_buckets", "heads"), std=0.1)
+            self.rel = init_param(rngs, (cfg.rel_buckets, cfg.n_heads), cfg, ("rel_buckets", "heads"), std=0.1)
 
     def add(self, x: Array, positions: Array) -> Array:
         """Add absolute positions to embeddings.  x [B, T, D], positions [B, T]."""
@@ -141,7 +141,7 @@ class Positions(nnx.Module):
             raise ValueError(f"model.max_len={self.cfg.max_len}: sequence of {x.shape[1]} tokens is longer "
                              "than the position table")
         if self.cfg.pos_encoding == "learned":
-            return x + jnp.take(_cast(self.table, self.cfg), positions, axis=0)
+            return x + jnp.take(cast_param(self.table, self.cfg), positions, axis=0)
         if self.cfg.pos_encoding == "sinusoidal":
             table = sinusoidal_table(self.cfg.max_len, self.cfg.d_model).astype(x.dtype)
             return x + jnp.take(table, positions, axis=0)
@@ -168,9 +168,9 @@ class Norm(nnx.Module):
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
-        self.scale = _logical(jnp.ones((cfg.d_model,), _dtype(cfg.param_dtype)), ("norm",))
+        self.scale = logical_param(jnp.ones((cfg.d_model,), _dtype(cfg.param_dtype)), ("norm",))
         if cfg.norm == "layernorm":
-            self.bias = _logical(jnp.zeros((cfg.d_model,), _dtype(cfg.param_dtype)), ("norm",))
+            self.bias = logical_param(jnp.zeros((cfg.d_model,), _dtype(cfg.param_dtype)), ("norm",))
 
     def __call__(self, x: Array) -> Array:
         h = x.astype(jnp.float32)
@@ -218,23 +218,23 @@ class Attention(nnx.Module):
         self.split = cross or not cfg.fused_qkv
         names = ("q", "kv") if self.split else ("qkv",)
         if self.split:
-            self.q = _param(rngs, (D, H, K), cfg, ("embed", "heads", "kv"))
-            self.kv = _param(rngs, (D, 2, G, K), cfg, ("embed", "qkv", "heads", "kv"))
+            self.q = init_param(rngs, (D, H, K), cfg, ("embed", "heads", "kv"))
+            self.kv = init_param(rngs, (D, 2, G, K), cfg, ("embed", "qkv", "heads", "kv"))
         else:
-            self.qkv = _param(rngs, (D, 3, H, K), cfg, ("embed", "qkv", "heads", "kv"))
-        self.out = _param(rngs, (H, K, D), cfg, ("heads", "kv", "embed"))
+            self.qkv = init_param(rngs, (D, 3, H, K), cfg, ("embed", "qkv", "heads", "kv"))
+        self.out = init_param(rngs, (H, K, D), cfg, ("heads", "kv", "embed"))
         if cfg.use_bias:  # one bias per kernel, shaped like its output
             for name in names:
                 shape = getattr(self, name).shape[1:]
                 axes = ("qkv", "heads", "kv")[-len(shape):]
-                setattr(self, f"{name}_bias", _logical(jnp.zeros(shape, _dtype(cfg.param_dtype)), axes))
-            self.out_bias = _logical(jnp.zeros((D,), _dtype(cfg.param_dtype)), ("embed",))
+                setattr(self, f"{name}_bias", logical_param(jnp.zeros(shape, _dtype(cfg.param_dtype)), axes))
+            self.out_bias = logical_param(jnp.zeros((D,), _dtype(cfg.param_dtype)), ("embed",))
 
     def _project(self, x: Array, name: str, spec: str) -> Array:
         """x @ kernel ``name`` (+ its bias).  ``spec`` is the einsum of the kernel."""
-        y = jnp.einsum(spec, x, _cast(getattr(self, name), self.cfg))
+        y = jnp.einsum(spec, x, cast_param(getattr(self, name), self.cfg))
         if self.cfg.use_bias:
-            bias = _cast(getattr(self, f"{name}_bias"), self.cfg)
+            bias = cast_param(getattr(self, f"{name}_bias"), self.cfg)
             y = y + (bias[:, None, None] if spec.endswith("->nbthk") else bias)
         return y
 
@@ -278,9 +278,9 @@ class Attention(nnx.Module):
                 v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
                 new_cache = {"k": k, "v": v}
         y, probs = attend(q, k, v, mask, bias, scale=cfg.scale_attention)
-        y = jnp.einsum("bthk,hkd->btd", y, _cast(self.out, cfg))
+        y = jnp.einsum("bthk,hkd->btd", y, cast_param(self.out, cfg))
         if cfg.use_bias:
-            y = y + _cast(self.out_bias, cfg)
+            y = y + cast_param(self.out_bias, cfg)
         return (y, probs) if cache is None else (y, probs, new_cache)
 
 
@@ -290,16 +290,16 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         n_in = 2 if cfg.gated else 1
-        self.wi = _param(rngs, (cfg.d_model, n_in, cfg.d_ff), cfg, ("embed", "gate", "mlp"))
-        self.wo = _param(rngs, (cfg.d_ff, cfg.d_model), cfg, ("mlp", "embed"))
+        self.wi = init_param(rngs, (cfg.d_model, n_in, cfg.d_ff), cfg, ("embed", "gate", "mlp"))
+        self.wo = init_param(rngs, (cfg.d_ff, cfg.d_model), cfg, ("mlp", "embed"))
         if cfg.use_bias:
-            self.wi_bias = _logical(jnp.zeros((n_in, cfg.d_ff), _dtype(cfg.param_dtype)), ("gate", "mlp"))
-            self.wo_bias = _logical(jnp.zeros((cfg.d_model,), _dtype(cfg.param_dtype)), ("embed",))
+            self.wi_bias = logical_param(jnp.zeros((n_in, cfg.d_ff), _dtype(cfg.param_dtype)), ("gate", "mlp"))
+            self.wo_bias = logical_param(jnp.zeros((cfg.d_model,), _dtype(cfg.param_dtype)), ("embed",))
 
     def __call__(self, x: Array) -> Array:
-        h = jnp.einsum("btd,dnf->btnf", x, _cast(self.wi, self.cfg))  # [B, T, n, F]: no transposed copy
+        h = jnp.einsum("btd,dnf->btnf", x, cast_param(self.wi, self.cfg))  # [B, T, n, F]: no transposed copy
         if self.cfg.use_bias:
-            h = h + _cast(self.wi_bias, self.cfg)
+            h = h + cast_param(self.wi_bias, self.cfg)
         if self.cfg.remat == "none":
             # Even without layer remat, the backward keeps only the activation's input (as torch's
             # fused GELU does), not every intermediate of the tanh formula: under the layer scan
@@ -307,8 +307,8 @@ class MLP(nnx.Module):
             h = jax.checkpoint(_activation, static_argnums=(0,))(self.cfg.activation, h)
         else:
             h = _activation(self.cfg.activation, h)  # the layer's remat policy decides
-        y = jnp.einsum("btf,fd->btd", h, _cast(self.wo, self.cfg))
-        return y + _cast(self.wo_bias, self.cfg) if self.cfg.use_bias else y
+        y = jnp.einsum("btf,fd->btd", h, cast_param(self.wo, self.cfg))
+        return y + cast_param(self.wo_bias, self.cfg) if self.cfg.use_bias else y
 
 
 def activation(act: str, x: Array) -> Array:

@@ -34,7 +34,7 @@ from flax import nnx
 
 from archcmp.model import masks
 from archcmp.model.config import ModelConfig
-from archcmp.model.layers import Embed, Norm, Stack, _cast, _logical, _param, activation, dropout
+from archcmp.model.layers import Embed, Norm, Stack, cast_param, logical_param, init_param, activation, dropout
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -47,25 +47,25 @@ class _Head(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         if not cfg.tie_embeddings:
-            self.kernel = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg, ("embed", "vocab"))
+            self.kernel = init_param(rngs, (cfg.d_model, cfg.vocab_size), cfg, ("embed", "vocab"))
         if cfg.head_transform:
-            self.dense = _param(rngs, (cfg.d_model, cfg.d_model), cfg, ("embed", "mlp"))
-            self.dense_bias = _logical(jnp.zeros((cfg.d_model,), jnp.dtype(cfg.param_dtype)), ("mlp",))
+            self.dense = init_param(rngs, (cfg.d_model, cfg.d_model), cfg, ("embed", "mlp"))
+            self.dense_bias = logical_param(jnp.zeros((cfg.d_model,), jnp.dtype(cfg.param_dtype)), ("mlp",))
             self.norm = Norm(cfg)
         if cfg.head_bias:
-            self.bias = _logical(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)), ("vocab",))
+            self.bias = logical_param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)), ("vocab",))
 
     def __call__(self, x: Array, embed: Embed) -> Array:
         cfg = self.cfg
         if cfg.head_transform:  # [B, T, D] -> [B, T, D]
-            x = jnp.einsum("btd,de->bte", x, _cast(self.dense, cfg)) + _cast(self.dense_bias, cfg)
+            x = jnp.einsum("btd,de->bte", x, cast_param(self.dense, cfg)) + cast_param(self.dense_bias, cfg)
             x = self.norm(activation(cfg.activation, x))
         if cfg.tie_embeddings:
             logits = embed.attend(x * cfg.d_model ** -0.5 if cfg.tied_head_scale else x)
         else:
-            logits = jnp.einsum("btd,dv->btv", x, _cast(self.kernel, cfg))
+            logits = jnp.einsum("btd,dv->btv", x, cast_param(self.kernel, cfg))
         if cfg.head_bias:
-            logits = logits + _cast(self.bias, cfg)
+            logits = logits + cast_param(self.bias, cfg)
         return logits.astype(jnp.float32)  # [B, T, V]
 
 

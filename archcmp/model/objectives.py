@@ -15,6 +15,7 @@ Objective losses of different objectives are never compared with each other.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 import jax
@@ -60,6 +61,42 @@ def eval_sums(model, batch: Mapping[str, Array]) -> dict[str, Array]:
     out.update({f"obj_{k}": v for k, v in obj.items()})
     out.update(answer_exact_sums(logits, batch))
     return out
+
+
+@dataclass(frozen=True)
+class EvalSums:
+    """The evaluation sums of :func:`eval_sums`, totalled over batches, as typed fields; the means
+    every run reports are its properties (empty sets count as weight 1, so a mean is 0, not NaN)."""
+
+    eval_loss_sum: float
+    eval_correct_sum: float
+    eval_weight_sum: float
+    obj_loss_sum: float
+    obj_correct_sum: float
+    obj_weight_sum: float
+    eval_exact_sum: float
+    eval_answer_count: float
+
+    @classmethod
+    def of(cls, totals: Mapping[str, float]) -> "EvalSums":
+        """From the summed dict (:func:`archcmp.training.steps.run_eval`); a missing key raises."""
+        return cls(**{f.name: float(totals[f.name]) for f in fields(cls)})
+
+    @property
+    def loss(self) -> float:
+        return self.eval_loss_sum / max(self.eval_weight_sum, 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        return self.eval_correct_sum / max(self.eval_weight_sum, 1.0)
+
+    @property
+    def objective_loss(self) -> float:
+        return self.obj_loss_sum / max(self.obj_weight_sum, 1.0)
+
+    @property
+    def exact_match(self) -> float:
+        return self.eval_exact_sum / max(self.eval_answer_count, 1.0)
 
 
 def answer_exact_sums(logits: Array, batch: Mapping[str, Array]) -> dict[str, Array]:

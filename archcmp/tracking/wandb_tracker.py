@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from archcmp.tracking.tracker import _TrackerBase, atomic_write_json, to_jsonable
+from archcmp.tracking.base import TrackerBase, atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _plain_config(config: Any) -> Any:
     return to_jsonable(config)
 
 
-class WandbTracker(_TrackerBase):
+class WandbTracker(TrackerBase):
     """Weights & Biases backend that can never stop training.
 
     * ``wandb.init(reinit="create_new")``: every tracker gets its own run object, and all calls go

@@ -25,13 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archcmp.model.config import ConfigError
+
 GROUP_FILE = "ensemble.json"
-
-
-def _config_error(msg: str) -> Exception:
-    from archcmp.training.settings import ConfigError
-
-    return ConfigError(msg)
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -72,7 +68,7 @@ def check_placement(k: int, place: Any) -> None:
         return
     import jax
 
-    raise _config_error(f"train.num_seeds={k}: the members are trained together on one device, but JAX sees "
+    raise ConfigError(f"train.num_seeds={k}: the members are trained together on one device, but JAX sees "
                         f"{len(jax.devices())} devices in {jax.process_count()} process(es); use train.num_seeds=1 "
                         "on a mesh (or a sweep over seed=), or expose a single device")
 
@@ -80,7 +76,7 @@ def check_placement(k: int, place: Any) -> None:
 def check_budgets(k: int, steps: list[int]) -> int:
     """All members run in lock-step, so their step budgets (and schedules) must agree."""
     if len(set(steps)) > 1:
-        raise _config_error(f"train.num_seeds={k}: the members' step budgets differ ({steps}; "
+        raise ConfigError(f"train.num_seeds={k}: the members' step budgets differ ({steps}; "
                             "train.tokens_per_param depends on each seed's batches); use train.steps or train.flops")
     return steps[0]
 

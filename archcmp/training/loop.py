@@ -39,14 +39,6 @@ def _release_cpu_threads() -> None:
     release_cpu_share()
 
 
-def _quiet_libraries() -> None:
-    """orbax logs every checkpoint step through absl at INFO; keep the run log readable."""
-    import logging
-
-    for name in ("absl", "orbax", "jax._src.xla_bridge"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     """Train one run described by the composed config; returns its summary (also on disk).
 
@@ -101,13 +93,16 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
 def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, settings: list, dirs: list[Path],
            idents: list[dict], on_accept: Any) -> dict:
     """The run itself, once its directories are claimed (see :func:`train`)."""
-    _quiet_libraries()
+    from archcmp.distributed.hosts import quiet_libraries
+
+    quiet_libraries()
     import jax
     from flax import nnx
 
     from archcmp.training import ensemble
     from archcmp.training import identity
     from archcmp.model.accounting import count_params, train_flops_per_row
+    from archcmp.model.archs import arch_spec
     from archcmp.training.checkpoint import Checkpointer
     from archcmp.data import BatchIterator, FullBatchIterator, eval_batches, make_formatter, make_task
     from archcmp.data.pipeline import batch_rng
@@ -150,7 +145,8 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     except ValueError as err:
         raise ConfigError(str(err)) from None
     T, S = s.task.seq_len, (s.task.enc_len or s.task.seq_len)
-    if max(T, S if s.arch == "encdec" else 0) > model_cfg.max_len:
+    enc_len = S if arch_spec(s.arch).encoder_stack else None  # the encoder stack's length (encdec)
+    if max(T, enc_len or 0) > model_cfg.max_len:
         raise ConfigError(f"model.max_len={model_cfg.max_len}: shorter than task.seq_len={T}")
     from itertools import islice
 
@@ -160,15 +156,15 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
         raise ConfigError(f"task.seq_len={T}: too short for task {s.task.name!r} "
                           f"(examples need up to {task.max_tokens + 2} tokens)")
     fmt_options = {"objective": s.objective, "vocab_size": task.tokenizer.vocab_size}
-    if s.arch in ("decoder", "prefix_lm"):
+    if arch_spec(s.arch).default_loss_on is not None:  # loss_on is a choice (decoder, prefix_lm)
         fmt_options["loss_on"] = s.loss_on
     try:
-        formatter = make_formatter(s.arch, T, S if s.arch == "encdec" else None, **fmt_options)
+        formatter = make_formatter(s.arch, T, enc_len, **fmt_options)
     except ValueError as err:
         raise ConfigError(f"arch.objective={s.objective!r}: {err}") from None
     # The yardstick: the same held-out examples for every architecture and seed.
     eval_set, eval_ex = eval_batches(task, "validation", s.arch, T, ts.eval_batch_size, ts.eval_examples,
-                                     seed=0, enc_len=S if s.arch == "encdec" else None)
+                                     seed=0, enc_len=enc_len)
     if not eval_ex:
         raise ConfigError(f"task={s.task.name!r}: no validation example fits task.seq_len={T}")
     packing = task.pack_by_default
@@ -181,10 +177,10 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     target_chars = sum(len(task.tokenizer.decode(ex.targets[ex.targets >= vocab.N_SPECIAL])) for ex in eval_ex)
     # Optional: fixed *training* examples scored like the held-out ones (train vs validation accuracy).
     train_probe = eval_batches(task, "train", s.arch, T, ts.eval_batch_size, ts.eval_train_examples, seed=0,
-                               enc_len=S if s.arch == "encdec" else None)[0] if ts.eval_train_examples else []
+                               enc_len=enc_len)[0] if ts.eval_train_examples else []
 
     n_params = count_params(model_cfg)
-    flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, S if s.arch == "encdec" else 0)
+    flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, enc_len or 0)
     ref_params = count_params(s.reference_config(task.tokenizer.vocab_size)).total
     def train_stream(seed: int):
         if ts.full_batch:
@@ -380,14 +376,15 @@ def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
 
 def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
     """Means of the evaluation sums (:func:`archcmp.training.steps.run_eval`) of one model."""
-    w = max(ev["eval_weight_sum"], 1.0)
-    out = {"eval_loss": ev["eval_loss_sum"] / w, "eval_accuracy": ev["eval_correct_sum"] / w,
-           "eval_bpc": ev["eval_loss_sum"] / math.log(2) / max(target_chars, 1),
-           "eval_objective_loss": ob["obj_loss_sum"] / max(ob["obj_weight_sum"], 1.0),
-           "eval_exact_match": ev["eval_exact_sum"] / max(ev["eval_answer_count"], 1.0)}
+    from archcmp.model.objectives import EvalSums
+
+    ev, ob = EvalSums.of(ev), EvalSums.of(ob)
+    out = {"eval_loss": ev.loss, "eval_accuracy": ev.accuracy,
+           "eval_bpc": ev.eval_loss_sum / math.log(2) / max(target_chars, 1),
+           "eval_objective_loss": ob.objective_loss, "eval_exact_match": ev.exact_match}
     if tr is not None:
-        out.update(train_exact_match=tr["eval_exact_sum"] / max(tr["eval_answer_count"], 1.0),
-                   train_eval_loss=tr["eval_loss_sum"] / max(tr["eval_weight_sum"], 1.0))
+        tr = EvalSums.of(tr)
+        out.update(train_exact_match=tr.exact_match, train_eval_loss=tr.loss)
     return out
 
 

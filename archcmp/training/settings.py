@@ -9,13 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from archcmp.model.config import ARCHS, ModelConfig
+from archcmp.model.config import ARCHS, ConfigError, ModelConfig
 from archcmp.distributed.hosts import parse_device, parse_distributed
 from archcmp.distributed.sharding import parse_mesh
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message starts with ``key=value``."""
 
 
 def _get(cfg: Mapping[str, Any], path: str) -> Any:

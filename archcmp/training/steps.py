@@ -96,7 +96,9 @@ def _eval_fn(graphdef: nnx.GraphDef) -> Callable:
 
 
 def run_eval(eval_step: Callable, params: Any, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Sum the per-batch sums on the host and turn them into means."""
+    """Sum the per-batch sums on the host. Returns *sums* (the keys of
+    :func:`archcmp.model.objectives.eval_sums`), not means: :class:`~archcmp.model.objectives.EvalSums`
+    turns them into the reported means."""
     total: dict[str, float] = {}
     for batch in batches:
         for k, v in eval_step(params, batch).items():

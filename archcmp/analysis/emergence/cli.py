@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from archcmp.analysis.common.wandb_log import add_options
@@ -134,9 +133,9 @@ def locate_runs(paths) -> list[Path]:
 
 def run_cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from archcmp.training.loop import _quiet_libraries
+    from archcmp.distributed.hosts import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     t0 = time.perf_counter()
     try:
         _check_args(args)
@@ -160,18 +159,3 @@ def run_cli(argv: list[str]) -> int:
     print(f"emergence: {len(res['infos'])} runs, {n_steps} checkpoints, {res['infos'][0]['examples']} examples each; "
           f"wrote {out}/table.md and {len(files) - 1} other files in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def pl_summary(pl: pd.DataFrame) -> pd.DataFrame:
-    """Per architecture: how well p^L (pooled) predicts observed exact match across sizes."""
-    from archcmp.analysis.emergence.metrics import last_step
-
-    d = last_step(pl, ("arch", "params"))
-    rows = []
-    for arch, g in d.groupby("arch", sort=False):
-        obs, pred = g["observed"].to_numpy(float), g["predicted_pooled"].to_numpy(float)
-        rows.append({"arch": arch, "n_sizes": len(g), "mean_abs_error": float(np.mean(np.abs(obs - pred))),
-                     "max_abs_error": float(np.max(np.abs(obs - pred))),
-                     "mean_ratio_obs_to_pred": float(np.mean(obs[pred > 0] / pred[pred > 0])) if (pred > 0).any()
-                     else np.nan})
-    return pd.DataFrame(rows)

@@ -435,3 +435,16 @@ def smoothness_table(long_df: pd.DataFrame, scale_col: str = "params",
                      "linearity_r2": linearity(y, x, "r2"),
                      "linearity_increments": linearity(y, x, "increments")})
     return pd.DataFrame(rows)
+
+
+def pl_summary(pl: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture: how well p^L (pooled) predicts observed exact match across sizes."""
+    d = last_step(pl, ("arch", "params"))
+    rows = []
+    for arch, g in d.groupby("arch", sort=False):
+        obs, pred = g["observed"].to_numpy(float), g["predicted_pooled"].to_numpy(float)
+        rows.append({"arch": arch, "n_sizes": len(g), "mean_abs_error": float(np.mean(np.abs(obs - pred))),
+                     "max_abs_error": float(np.max(np.abs(obs - pred))),
+                     "mean_ratio_obs_to_pred": float(np.mean(obs[pred > 0] / pred[pred > 0])) if (pred > 0).any()
+                     else np.nan})
+    return pd.DataFrame(rows)

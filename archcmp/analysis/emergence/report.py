@@ -8,7 +8,7 @@ import pandas as pd
 
 from archcmp.analysis.emergence import plots as ep
 from archcmp.analysis.emergence.evaluate import EXTRA, METRICS, SHARP, SMOOTH
-from archcmp.analysis.emergence.metrics import last_step
+from archcmp.analysis.emergence.metrics import last_step, pl_summary
 
 PANEL_METRICS = list(SHARP + SMOOTH)  # scaling.png: the sharp metric first, the smooth ones beside it
 
@@ -71,8 +71,6 @@ def by_length_md(examples: pd.DataFrame) -> str:
 
 
 def write_table(path: Path, res: dict, args, argv) -> None:
-    from archcmp.analysis.emergence.cli import pl_summary
-
     infos = pd.DataFrame(res["infos"])
     fps = infos["fingerprint"].nunique()
     runs = infos[["run", "arch", "size", "params", "train_steps", "steps", "examples", "status"]].copy()

@@ -275,9 +275,9 @@ def run_cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from archcmp.analysis.emergence.cli import locate_runs
     from archcmp.analysis.rank.cli import TaskCache, load_run
-    from archcmp.training.loop import _quiet_libraries
+    from archcmp.distributed.hosts import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         run_dirs = locate_runs(args.paths)
     except FileNotFoundError as err:

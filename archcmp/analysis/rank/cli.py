@@ -319,10 +319,10 @@ def _panel(df: pd.DataFrame, with_heads: bool) -> pd.Series:
 
 # ----------------------------------------------------------------------------- figures
 def _collapse_figure(coll: pd.DataFrame, infos: list[dict], runs: list[str], path: Path) -> Path:
-    from archcmp.analysis.rank.plots import _plt
+    from archcmp.analysis.rank.plots import pyplot
     from archcmp.analysis.common.capture import VARIANTS
 
-    plt = _plt()
+    plt = pyplot()
     final = {i["run"]: i["final_step"] for i in infos}
     panels = [(r, s) for r in runs for s in coll.loc[coll["run"] == r, "stack"].unique()]
     cols = min(4, len(panels))
@@ -351,7 +351,7 @@ def _collapse_figure(coll: pd.DataFrame, infos: list[dict], runs: list[str], pat
 def make_figures(attn: pd.DataFrame, coll: pd.DataFrame, infos: list[dict], out: Path) -> dict[str, Path]:
     from archcmp.analysis.rank import plots as rank_plots
 
-    plt = rank_plots._plt()
+    plt = rank_plots.pyplot()
     final = {i["run"]: i["final_step"] for i in infos}
     attn = attn.assign(final=attn["step"] == attn["run"].map(final))
     figs: dict[str, Path] = {}
@@ -396,9 +396,9 @@ def run_cli(argv: list[str]) -> int:
 
 
 def _run(args) -> int:
-    from archcmp.training.loop import _quiet_libraries
+    from archcmp.distributed.hosts import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if not args.paths and not args.pretrained:
         print("rank: give run/sweep PATHs and/or --pretrained DIR", file=sys.stderr)
         return 2

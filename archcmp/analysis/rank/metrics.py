@@ -379,10 +379,3 @@ def rank_collapse_by_segment(hidden, segment_ids, norm: str = "l1inf", center: s
                 rows.append((layer, b, int(s), idx.size, r.residual[layer], r.norm_x[layer], r.relative[layer]))
     return pd.DataFrame(rows, columns=["layer", "batch", "segment", "n", "residual", "norm_x", "relative"])
 
-
-def __getattr__(name):  # re-export rank_plots' reporting/demo helpers without a circular import
-    if name in ("markdown_table", "plot_rank_heatmaps", "plot_singular_spectra", "plot_metric_vs_step",
-                "plot_residual_vs_depth", "causal_softmax", "causal_softmax_demo", "causal_softmax_demo_table"):
-        from archcmp.analysis.rank import plots as rank_plots
-        return getattr(rank_plots, name)
-    raise AttributeError(name)

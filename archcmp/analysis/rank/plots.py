@@ -1,5 +1,5 @@
 """Reporting for the attention-rank probe (:mod:`archcmp.analysis.rank.metrics`): markdown summary,
-figures, and the causal-softmax determinant demo (all re-exported by ``rank``).
+figures, and the causal-softmax determinant demo (re-exported by the package :mod:`archcmp.analysis.rank`).
 
 All functions take the DataFrames produced by ``rank.attention_block_metrics`` /
 ``rank.rank_collapse_by_segment``, optionally concatenated over runs with an ``arch`` column
@@ -59,7 +59,8 @@ def markdown_table(df: pd.DataFrame, arch_col: str = "arch", metrics=SUMMARY_MET
     return "\n".join(lines)
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,7 +77,7 @@ def _finish(fig, path):
 def plot_rank_heatmaps(df: pd.DataFrame, metric: str = "effective_rank", arch_col: str = "arch",
                        path=None):
     """Layer x head heatmap of the mean ``metric``, one panel per architecture, shared colour scale."""
-    plt = _plt()
+    plt = pyplot()
     groups = _arch_groups(df, arch_col)
     tables = [(a, g.groupby(["layer", "head"])[metric].mean().unstack("head")) for a, g in groups]
     finite = np.concatenate([t.to_numpy(float).ravel() for _, t in tables])
@@ -105,7 +106,7 @@ def plot_singular_spectra(df: pd.DataFrame, arch_col: str = "arch", per_arch: in
     Needs the ``sv`` column (``attention_block_metrics(..., keep_spectra=True)``).  Dotted
     lines mark the float32 and float64 relative rank tolerances of the largest plotted size.
     """
-    plt = _plt()
+    plt = pyplot()
     if "sv" not in df.columns:
         raise ValueError("no 'sv' column: call attention_block_metrics(..., keep_spectra=True)")
     groups = _arch_groups(df, arch_col)
@@ -133,7 +134,7 @@ def plot_singular_spectra(df: pd.DataFrame, arch_col: str = "arch", per_arch: in
 def plot_metric_vs_step(df: pd.DataFrame, metric: str = "effective_rank", step_col: str = "step",
                         arch_col: str = "arch", path=None):
     """Mean ``metric`` (± std band over layers/heads/examples) against training step, per arch."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (arch, g) in enumerate(_arch_groups(df, arch_col)):
         v = g[[step_col, metric]].replace([np.inf, -np.inf], np.nan)
@@ -150,7 +151,7 @@ def plot_metric_vs_step(df: pd.DataFrame, metric: str = "effective_rank", step_c
 def plot_residual_vs_depth(df: pd.DataFrame, value: str = "relative", arch_col: str = "arch",
                            path=None):
     """Rank-collapse residual (``rank_collapse_by_segment`` output) against layer, log y, per arch."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (arch, g) in enumerate(_arch_groups(df, arch_col)):
         s = g.groupby("layer")[value].agg(["mean", "min", "max"]).sort_index()
