@@ -71,3 +71,38 @@ def test_drop_window_and_criterion_on_constructed_curves():
     slow = 3.2 - 3.1 * steps / 2000
     phase_slow = phase_change(per_step.assign(repeat_loss=slow), heads, 0.5)
     assert not criterion(phase_slow)["met"]
+
+
+def test_prefix_matching_on_the_task_layout_scores_the_repeat_with_the_right_offset():
+    """On real ``task=induction`` sequences (decoder layout BOS SEP x x, 64 symbols), a head that
+    attends from each repeated token to the position after its first occurrence scores 1; one
+    that attends to the first occurrence itself (off by one) scores ~0; and chance repeats inside
+    the first occurrence are left out when the queries are restricted to the repeat."""
+    from archcmp.data import vocab
+    from archcmp.data.tasks import make_task
+
+    task = make_task("induction", length=[10, 20], n_symbols=64, tokens="symbols")
+    exs = list(task.examples("validation", seed=0, limit=8))
+    T = 2 * 20 + 3
+    tokens = np.zeros((len(exs), T), int)
+    repeat = np.zeros_like(tokens, bool)
+    right, off_by_one = np.zeros((2, len(exs), T, T))
+    for i, ex in enumerate(exs):
+        n = (len(ex.targets) - 1) // 2
+        seq = np.concatenate([[vocab.BOS, vocab.SEP], ex.targets[:-1]])  # the decoder's inputs
+        tokens[i, :len(seq)] = seq
+        assert np.array_equal(seq[2:2 + n], seq[2 + n:])
+        repeat[i, n + 2:2 * n + 1] = True  # repeated x_1..x_{n-1}, as in the analysis' loss mask
+        for q in range(T):
+            right[i, q, 0] = off_by_one[i, q, 0] = 1.0  # default: attend to BOS
+        for j in range(n - 1):
+            q = n + 2 + j  # repeat token x_{j+1}; its first occurrence sits at 2 + j
+            right[i, q] = 0
+            right[i, q, 3 + j] = 1.0  # the token after it: x_{j+2}, the one to copy
+            off_by_one[i, q] = 0
+            off_by_one[i, q, 2 + j] = 1.0
+    valid = tokens > 0
+    attn = np.stack([right, off_by_one], axis=1)  # [B, H=2, T, T]
+    pm = prefix_matching_scores(attn, tokens, valid, queries=repeat)
+    assert pm[0] == 1.0
+    assert pm[1] < 0.05  # only where a symbol repeats by chance inside the segment
