@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archcmp.analysis.induction import (copying_scores, criterion, drop_window, phase_change,
+from archcmp.analysis.induction.cli import (copying_scores, criterion, drop_window, phase_change,
                                         prefix_matching_scores, previous_token_scores)
 
 
@@ -118,7 +118,7 @@ def test_induction_cli_end_to_end(tmp_path):
     from omegaconf import OmegaConf
 
     from archcmp.analysis.cli import main as analyze
-    from archcmp.train import train
+    from archcmp.training.loop import train
     from hydra_cfg import TINY, compose_cfg
 
     over = [o for o in TINY if not o.startswith("task.seq_len")]
