@@ -105,3 +105,19 @@ def test_induction_task_repeats_a_random_segment_without_a_marker():
     assert np.array_equal(np.append(first.inputs, vocab.EOS), first.targets)
     with pytest.raises(ValueError, match="prompt"):
         make_task("induction", prompt="both")
+
+
+def test_induction_task_symbol_alphabet():
+    task = make_task("induction", length=12, n_symbols=300, tokens="symbols")
+    assert task.tokenizer.vocab_size == vocab.N_SPECIAL + 300
+    seen = set()
+    for ex in task.examples("train", seed=1, limit=40):
+        body = ex.targets[:-1]
+        assert np.array_equal(body[:12], body[12:])
+        seen |= set(body.tolist())
+    assert min(seen) >= vocab.N_SPECIAL and max(seen) < vocab.N_SPECIAL + 300
+    assert len(seen) > 200  # 480 draws over 300 symbols reach most of them
+    with pytest.raises(ValueError, match="n_symbols"):
+        make_task("induction", n_symbols=27)  # letters stop at z
+    with pytest.raises(ValueError, match="tokens"):
+        make_task("induction", tokens="words")

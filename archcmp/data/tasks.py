@@ -351,22 +351,35 @@ class InductionTask(_SampledTask):
     can exploit; pilots did). The first occurrence is unpredictable (ln n_symbols nats per token at
     best); the repeat's loss falls to ~0 once the model copies from its context. Varying L keeps a
     fixed-offset rule from working. Splits are disjoint by hashing the segment.
+
+    ``tokens='letters'`` (default) draws from the letters a..z of the arithmetic alphabet
+    (``n_symbols`` <= 26); ``tokens='symbols'`` from ``n_symbols`` (<= 1024) abstract symbols with
+    ids ``N_SPECIAL + r`` and nothing else in the vocabulary (a larger alphabet makes guessing among
+    the tokens already seen worth less against copying the right one).
     """
 
-    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none"):
+    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none", tokens: str = "letters"):
         self.length = _int_range("induction", "length", length, 2, 256)
-        if not isinstance(n_symbols, (int, np.integer)) or isinstance(n_symbols, bool) or not 2 <= n_symbols <= 26:
-            raise bad_param("induction", "n_symbols", n_symbols, "an int in [2, 26]")
+        if tokens not in ("letters", "symbols"):
+            raise bad_param("induction", "tokens", tokens, "'letters' or 'symbols'")
+        most = 26 if tokens == "letters" else 1024
+        if not isinstance(n_symbols, (int, np.integer)) or isinstance(n_symbols, bool) or not 2 <= n_symbols <= most:
+            raise bad_param("induction", "n_symbols", n_symbols, f"an int in [2, {most}] with tokens={tokens!r}")
         if prompt not in ("none", "first"):
             raise bad_param("induction", "prompt", prompt, "'none' or 'first'")
-        self.n_symbols, self.prompt = int(n_symbols), prompt
-        self.tokenizer = ArithmeticTokenizer()
+        self.n_symbols, self.prompt, self.tokens = int(n_symbols), prompt, tokens
+        if tokens == "letters":
+            self._chars = [chr(ord("a") + i) for i in range(self.n_symbols)]
+            self.tokenizer = ArithmeticTokenizer()
+        else:
+            self._chars = residue_chars(self.n_symbols)
+            self.tokenizer = CharTokenizer(self._chars)
         self.max_tokens = 2 * self.length[1] + 1
 
     def _draw(self, rng):
         n = int(rng.integers(self.length[0], self.length[1] + 1))
         letters = rng.integers(0, self.n_symbols, size=n)
-        x = self.tokenizer.encode("".join(chr(ord("a") + int(i)) for i in letters))
+        x = self.tokenizer.encode("".join(self._chars[int(i)] for i in letters))
         if self.prompt == "first":
             return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
         return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))

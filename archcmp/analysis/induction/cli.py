@@ -35,14 +35,17 @@ from archcmp.analysis.emergence.plots import markdown_table
 
 
 # ----------------------------------------------------------------------------- head scores
-def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray,
+                           queries: np.ndarray | None = None) -> np.ndarray:
     """Per-head prefix-matching score.  attn [B, H, T, T] (query, key), tokens [B, T], valid [B, T].
 
     For a query at position q, the *induction targets* are the earlier positions k <= q whose
     preceding token equals the query's token (tokens[k-1] == tokens[q], k-1 < q): where an
     induction head looks, so that it can copy tokens[k]. The score is the attention mass on those
-    targets, averaged over the valid queries that have at least one. A perfect induction head
-    scores 1; a head attending uniformly scores about (#targets / #visible keys). -> [H]
+    targets, averaged over the valid queries that have at least one (and, if ``queries`` [B, T] is
+    given, are in it: the analysis passes the repeated segment, where copying pays, so chance
+    repeats inside the first occurrence do not dilute it). A perfect induction head scores 1; a
+    head attending uniformly scores about (#targets / #visible keys). -> [H]
     """
     attn, tokens, valid = np.asarray(attn, np.float64), np.asarray(tokens), np.asarray(valid, bool)
     B, H, T, _ = attn.shape
@@ -50,6 +53,8 @@ def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarr
     prev = np.concatenate([np.full((B, 1), -1), tokens[:, :-1]], axis=1)  # token before each key
     target = (prev[:, None, :] == tokens[:, :, None]) & (k >= 1) & (k <= q)  # [B, Tq, Tk]
     target &= valid[:, :, None] & valid[:, None, :]
+    if queries is not None:
+        target &= np.asarray(queries, bool)[:, :, None]
     has = target.any(-1)  # [B, Tq]
     mass = np.einsum("bhqk,bqk->bhq", attn, target.astype(np.float64))  # [B, H, Tq]
     n = has.sum()
@@ -171,10 +176,10 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
     import jax
     from flax import nnx
 
-    from archcmp.analysis.rank.cli import checkpoint_steps, restore_state
-    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.loading.run import restore_params, saved_steps
     from archcmp.model.models import build_model
     from archcmp.model.objectives import token_losses
+    from archcmp.training.checkpoint import Checkpointer
 
     if run.arch != "decoder":
         raise ValueError(f"{run.run_dir}: induction analysis reads the decoder layout; arch={run.arch!r}")
@@ -189,21 +194,21 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
 
     mb = {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions", "targets")}
     valid = batch["segment_ids"] > 0
-    steps = [0] + checkpoint_steps(run)
+    steps = [0] + saved_steps(run)
     ck = Checkpointer(run.run_dir / "checkpoints", keep=None)
     base = {"run": run.name, "arch": run.arch, "seed": int(run.summary.get("seed", 0)),
             "n_symbols": int(getattr(task, "n_symbols", len(symbols)))}
     per_step, heads = [], []
     try:
         for step in steps:
-            state = init_state if step == 0 else restore_state(ck, run, step, init_state)
+            state = init_state if step == 0 else restore_params(ck, run, step, init_state)
             losses, attn = forward(state, mb)
             losses, attn = np.asarray(losses), np.asarray(attn)  # [B, T], [L, B, H, T, T]
             fl, rl = float(losses[first].mean()), float(losses[repeat].mean())
             per_step.append({**base, "step": step, "first_loss": fl, "repeat_loss": rl, "icl_score": rl - fl})
             cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols)])
             for layer in range(attn.shape[0]):
-                pm = prefix_matching_scores(attn[layer], batch["inputs"], valid)
+                pm = prefix_matching_scores(attn[layer], batch["inputs"], valid, queries=repeat)
                 pt = previous_token_scores(attn[layer], valid)
                 for h in range(attn.shape[2]):
                     heads.append({**base, "step": step, "layer": layer + 1, "head": h, "prefix_matching": pm[h],
@@ -274,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from archcmp.analysis.emergence.cli import locate_runs
-    from archcmp.analysis.rank.cli import TaskCache, load_run
+    from archcmp.analysis.rank.cli import TaskCache
+    from archcmp.loading.run import read_run
     from archcmp.distributed.hosts import quiet_libraries
 
     quiet_libraries()
@@ -285,7 +291,7 @@ def run_cli(argv: list[str]) -> int:
         return 2
     tasks, per_step, heads = TaskCache(), [], []
     for d in run_dirs:
-        ps, hs = analyze_run(load_run(d), tasks, args.examples)
+        ps, hs = analyze_run(read_run(d), tasks, args.examples)
         per_step += ps
         heads += hs
         print(f"induction: {d.name}: {len(ps)} checkpoints", file=sys.stderr)
