@@ -182,7 +182,7 @@ def plot(seeds: pd.DataFrame, table: pd.DataFrame, path: Path, title: str) -> Pa
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    axes[0].set_title(f"{title}: seeds (dots), mean and 95% t-interval over seeds")
+    axes[0].set_title(f"{title}: seeds (dots), mean, 95% t-interval", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
