@@ -9,12 +9,12 @@ from archcmp.analysis import sweep_seeds
 from archcmp.claims.evidence import read_seed_table
 
 
-def _run(root, name, *, seed, norm, lr, eval_loss, losses, status="complete", error_kind=None):
+def _run(root, name, *, seed, norm, lr, eval_loss, losses, status="complete", error_kind=None, error=None):
     rd = root / name
     rd.mkdir(parents=True)
     (rd / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": lr}, "size": {"name": "pico"}}))
     (rd / "summary.json").write_text(json.dumps({
-        "seed": seed, "status": status, "error_kind": error_kind, "steps": len(losses),
+        "seed": seed, "status": status, "error_kind": error_kind, "error": error, "steps": len(losses),
         "model": {"norm_position": norm, "n_layers": 2},
         "eval_metrics": {"eval_loss": eval_loss, "eval_exact_match": 0.5}}))
     with open(rd / "metrics.jsonl", "w") as fh:
@@ -29,6 +29,9 @@ def test_export_labels_metrics_and_divergence(tmp_path):
     _run(sweep, "c", seed=0, norm="post", lr=0.003, eval_loss=2.9, losses=[2.6, 2.5, 2.7])  # ends above start
     _run(sweep, "d", seed=1, norm="post", lr=0.003, eval_loss=float("nan"), losses=[2.6, 9.0],
          status="failed", error_kind="FloatingPointError")
+    msg = "FloatingPointError: non-finite loss or gradient at step 2 (loss=nan, member d); ..."
+    _run(sweep, "f", seed=3, norm="post", lr=0.003, eval_loss=float("nan"), losses=[2.6, 2.0],
+         status="failed", error_kind="FloatingPointError", error=msg)  # stopped by seed "d": no outcome
     _run(sweep, "e", seed=2, norm="post", lr=0.003, eval_loss=1.0, losses=[2.6, 1.0],
          status="failed", error_kind="OSError")  # not a divergence: left out
     out = tmp_path / "out"
@@ -43,6 +46,7 @@ def test_export_labels_metrics_and_divergence(tmp_path):
     assert got[("pre", 1, "eval_loss")] == pytest.approx(1.2)
     assert pd.isna(got[("post", 1, "eval_loss")])  # the failed run has no final evaluation
     assert ("post", 2, "diverged") not in got
+    assert pd.isna(got[("post", 3, "diverged")])
     runs = pd.read_csv(out / "runs.csv")
     assert runs.set_index("run").loc["e", "status"] == "failed"
     table = (out / "table.md").read_text()

@@ -24,7 +24,8 @@ Metrics (``--metric NAME=SOURCE``, repeatable; ``NAME`` alone means ``SOURCE=NAM
 * a key of the summary's ``eval_metrics`` (``eval_loss``, ``eval_accuracy``, ``eval_exact_match``,
   ...) -- the final evaluation;
 * ``diverged``: 1 if the run stopped on a non-finite loss or its last logged train loss is above its
-  first logged one, else 0 (log every step to make "first" the loss at initialisation);
+  first logged one, else 0 (log every step to make "first" the loss at initialisation); NaN for a
+  seed stopped because another seed of the same process went non-finite;
 * ``final_train_loss``: the last logged train loss (NaN for a run that stopped on a non-finite loss).
 
 A run that failed for any other reason than a non-finite loss, or is not complete, is left out
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +83,18 @@ def _nonfinite_stop(summary: dict) -> bool:
     return summary.get("status") == "failed" and summary.get("error_kind") == "FloatingPointError"
 
 
+def _stopped_by_other_member(run_dir: Path, summary: dict) -> bool:
+    """Seeds trained together stop together: the error names the member whose loss went
+    non-finite (``..., member <run_name>)``); the others were cut short, not diverged."""
+    m = re.search(r", member ([^)\s]+)\)", str(summary.get("error") or ""))
+    return bool(m) and m.group(1) != run_dir.name
+
+
 def curve_metrics(run_dir: Path, summary: dict) -> dict[str, float]:
-    """``diverged`` and ``final_train_loss`` from the run's logged train losses."""
+    """``diverged`` and ``final_train_loss`` from the run's logged train losses (both NaN for a
+    seed that another seed's divergence stopped: it has no outcome)."""
+    if _nonfinite_stop(summary) and _stopped_by_other_member(run_dir, summary):
+        return {"diverged": math.nan, "final_train_loss": math.nan}
     m = load_metrics(run_dir)
     losses = m["train_loss"].dropna().to_numpy(float) if "train_loss" in m.columns else np.array([])
     if _nonfinite_stop(summary) or (len(losses) and not np.isfinite(losses).all()):
