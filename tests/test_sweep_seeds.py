@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from archcmp.analysis import sweep_seeds
+from archcmp.analysis.seeds import sweep as sweep_seeds
 from archcmp.claims.evidence import read_seed_table
 
 
