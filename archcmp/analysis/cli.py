@@ -1,4 +1,4 @@
-"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,seeds} PATH ...` — dispatches to the probe modules.
+"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,seeds,sweep} PATH ...` — dispatches to the probe modules.
 
 Each probe module exposes ``run_cli(argv: list[str]) -> int``; its own argparse parser
 documents its options (``archcmp-analyze scaling --help``).
@@ -15,6 +15,7 @@ PROBES = {
     "grokking": "archcmp.analysis.grokking.cli",
     "induction": "archcmp.analysis.induction.cli",
     "seeds": "archcmp.analysis.seeds.cli",
+    "sweep": "archcmp.analysis.seeds.sweep",
 }
 
 
