@@ -115,7 +115,7 @@ def _check_lengths(model, prompt: dict, max_new: int) -> None:
         if key in prompt:
             check_token_ids(prompt[key], cfg.vocab_size, key)
     longest = int(prompt["lengths"].max()) if "lengths" in prompt else 1
-    if cfg.pos_encoding in ("learned", "sinusoidal") and longest + max_new - 1 > cfg.max_len:
+    if cfg.pos_encoding == "learned" and longest + max_new - 1 > cfg.max_len:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new}) exceed model.max_len={cfg.max_len}")
 
 
@@ -326,7 +326,7 @@ def mask_fill(model, prompts: Sequence[Any], max_new: int, target_lengths: Seque
     if len(ks) != len(xs) or min(ks) < 1 or max(ks) > max_new:
         raise ValueError(f"target_lengths must give 1..max_new_tokens={max_new} slots per prompt, got {ks}")
     T = max(x.size + 2 + k for x, k in zip(xs, ks))
-    if T > model.cfg.max_len and model.cfg.pos_encoding in ("learned", "sinusoidal"):
+    if T > model.cfg.max_len and model.cfg.pos_encoding == "learned":
         raise ValueError(f"encoder layout needs {T} positions > model.max_len={model.cfg.max_len}")
     B, K = len(xs), max(ks)
     batch = {k: np.zeros((B, T), np.int32) for k in ("inputs", "segment_ids", "positions")}

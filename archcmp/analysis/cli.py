@@ -1,4 +1,4 @@
-"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,seeds} PATH ...` — dispatches to the probe modules.
+"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,extrapolation,decoding,seeds} PATH ...` — dispatches to the probe modules.
 
 Each probe module exposes ``run_cli(argv: list[str]) -> int``; its own argparse parser
 documents its options (``archcmp-analyze scaling --help``).
@@ -14,6 +14,8 @@ PROBES = {
     "emergence": "archcmp.analysis.emergence",
     "grokking": "archcmp.analysis.grokking",
     "induction": "archcmp.analysis.induction",
+    "extrapolation": "archcmp.analysis.extrapolation",
+    "decoding": "archcmp.analysis.decoding",
     "seeds": "archcmp.analysis.seed_tables",
 }
 
