@@ -77,6 +77,9 @@ def score(eval_step, state, task, arch: str, seq_len: int, enc_len: int | None, 
             "exact_match": sums["eval_exact_sum"] / max(sums["eval_answer_count"], 1.0)}
 
 
+_EVAL_STEPS: dict = {}  # ModelConfig -> jitted eval step: the seeds of a cell compile once
+
+
 def evaluate_run(run, tasks, factors=(1, 2, 4, 8), examples: int = 64, batch_size: int = 16) -> list[dict]:
     """One row per factor: the run's last checkpoint scored at ``factor`` x its training length."""
     from flax import nnx
@@ -92,7 +95,9 @@ def evaluate_run(run, tasks, factors=(1, 2, 4, 8), examples: int = 64, batch_siz
     graphdef, state = nnx.split(build_model(run.model_cfg, run.seed))
     with Checkpointer(run.run_dir / "checkpoints", keep=None) as ck:
         state = restore_params(ck, run, steps[-1], state)
-    eval_step = make_eval_step(graphdef)
+    if run.model_cfg not in _EVAL_STEPS:
+        _EVAL_STEPS[run.model_cfg] = make_eval_step(graphdef)
+    eval_step = _EVAL_STEPS[run.model_cfg]
     cfg = run.model_cfg
     tcfg = run.config["task"]
     base = {"run": run.name, "arch": run.arch, "pos_encoding": cfg.pos_encoding, "seed": run.seed,
