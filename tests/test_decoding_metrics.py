@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archcmp.analysis.decoding_metrics import (distinct_n, pareto_front, rep_n, sample_entropy, self_overlap,
+from archcmp.analysis.decoding.metrics import (distinct_n, pareto_front, rep_n, sample_entropy, self_overlap,
                                                strip)
 
 
@@ -55,9 +55,9 @@ def test_strip_and_pareto():
 def test_decoding_cli_end_to_end(tmp_path):
     from omegaconf import OmegaConf
 
-    from archcmp.analysis import decoding
+    from archcmp.analysis.decoding import cli as decoding
     from archcmp.analysis.cli import main
-    from archcmp.train import train
+    from archcmp.training.loop import train
     from hydra_cfg import TINY, compose_cfg
 
     cfg = compose_cfg(["arch=decoder", *TINY, "size=femto"])

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archcmp.analysis.extrapolation import longer_task, summarize
-from archcmp.analysis.probe_tables import t_interval
-from archcmp.config import ModelConfig
-from archcmp.layers import Positions, alibi_slopes
-from archcmp.models import build_model
+from archcmp.analysis.extrapolation.cli import longer_task, summarize
+from archcmp.analysis.common.probe_tables import t_interval
+from archcmp.model.config import ModelConfig
+from archcmp.model.layers import Positions, alibi_slopes
+from archcmp.model.models import build_model
 
 MAX_LEN = 8
 
@@ -91,7 +91,7 @@ def test_alibi_decoder_only_sees_offsets():
 
 
 def test_alibi_cached_greedy_matches_uncached():
-    from archcmp.decode import DecodeConfig, run_lm
+    from archcmp.decoding.generate import DecodeConfig, run_lm
 
     model = _model("decoder", "alibi", n_layers=2)
     prompts = [np.array([10, 11, 12]), np.array([13, 14, 15, 16, 17])]
@@ -123,7 +123,7 @@ def test_summary_interval_over_seeds():
 
 
 def test_seed_table_ratios():
-    from archcmp.analysis.extrapolation import seed_table
+    from archcmp.analysis.extrapolation.cli import seed_table
 
     df = pd.DataFrame({"run": ["a", "a", "b", "b"], "arch": "decoder", "pos_encoding": ["rope", "rope", "alibi", "alibi"],
                        "seed": [0, 0, 1, 1], "factor": [1, 4, 1, 4], "loss": [2.0, 3.0, 1.0, float("nan")]})
@@ -138,7 +138,7 @@ def test_extrapolation_cli_end_to_end(tmp_path):
     from omegaconf import OmegaConf
 
     from archcmp.analysis.cli import main
-    from archcmp.train import train
+    from archcmp.training.loop import train
     from hydra_cfg import TINY, compose_cfg
 
     for pe in ("alibi", "learned"):

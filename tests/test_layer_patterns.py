@@ -3,8 +3,8 @@ scanned or looped, in every stack; bad names fail by key and value."""
 import numpy as np
 import pytest
 
-from archcmp.config import ModelConfig
-from archcmp.models import build_model
+from archcmp.model.config import ModelConfig
+from archcmp.model.models import build_model
 
 T, W = 6, 2
 CAUSAL = np.tril(np.ones((T, T), bool))
@@ -54,7 +54,7 @@ def test_encdec_each_stack_cycles_its_own_layers():
 
 def test_cached_decoding_uses_each_layers_pattern():
     """The KV-cached path builds the same per-layer masks as the full forward pass."""
-    from archcmp.decode import DecodeConfig, run_lm
+    from archcmp.decoding.generate import DecodeConfig, run_lm
 
     model = _model("decoder", False)
     prompts = [np.array([10, 11, 12]), np.array([13, 14, 15, 16, 17])]

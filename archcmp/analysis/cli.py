@@ -9,14 +9,14 @@ import importlib
 import sys
 
 PROBES = {
-    "scaling": "archcmp.analysis.scaling",
-    "rank": "archcmp.analysis.rank_cli",
-    "emergence": "archcmp.analysis.emergence",
-    "grokking": "archcmp.analysis.grokking",
-    "induction": "archcmp.analysis.induction",
-    "extrapolation": "archcmp.analysis.extrapolation",
-    "decoding": "archcmp.analysis.decoding",
-    "seeds": "archcmp.analysis.seed_tables",
+    "scaling": "archcmp.analysis.scaling.cli",
+    "rank": "archcmp.analysis.rank.cli",
+    "emergence": "archcmp.analysis.emergence.cli",
+    "grokking": "archcmp.analysis.grokking.cli",
+    "induction": "archcmp.analysis.induction.cli",
+    "extrapolation": "archcmp.analysis.extrapolation.cli",
+    "decoding": "archcmp.analysis.decoding.cli",
+    "seeds": "archcmp.analysis.seeds.cli",
 }
 
 
