@@ -1,4 +1,4 @@
-"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,seeds,sweep} PATH ...` — dispatches to the probe modules.
+"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,extrapolation,decoding,seeds,sweep} PATH ...` — dispatches to the probe modules.
 
 Each probe module exposes ``run_cli(argv: list[str]) -> int``; its own argparse parser
 documents its options (``archcmp-analyze scaling --help``).
@@ -14,6 +14,8 @@ PROBES = {
     "emergence": "archcmp.analysis.emergence.cli",
     "grokking": "archcmp.analysis.grokking.cli",
     "induction": "archcmp.analysis.induction.cli",
+    "extrapolation": "archcmp.analysis.extrapolation.cli",
+    "decoding": "archcmp.analysis.decoding.cli",
     "seeds": "archcmp.analysis.seeds.cli",
     "sweep": "archcmp.analysis.seeds.sweep",
 }

@@ -384,3 +384,48 @@ class InductionTask(_SampledTask):
             return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
         return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
 
+
+@register_task("infill")
+class InfillTask(_SampledTask):
+    """Fill a span missing from the middle; the answer depends on both sides.
+
+    Each example draws a left and a right side of ``side`` random digits and a span of ``span``
+    digits (``span`` <= ``side``) between them, span digit i = (left[side-span+i] + right[i]) mod 10:
+    each missing digit is the sum of the digit just left of the hole and its mirror just right of it,
+    so neither side alone predicts it (one side alone: chance, 1/10 per digit).
+
+    ``context='both'`` (default): inputs = ``left ?..? right`` (one ``?`` per missing digit),
+    targets = span EOS. Every architecture then reads both sides in its own layout: the encoder and
+    prefix-LM bidirectionally, the encoder-decoder in its encoder, the decoder re-ordered (prefix and
+    suffix first, the middle generated after them: the fill-in-the-middle layout).
+    ``context='left'``: inputs = ``left ?..?`` only, the right side withheld: what a decoder sees
+    generating strictly left to right (the ceiling is chance). Splits are disjoint by hashing
+    (left, right).
+    """
+
+    def __init__(self, side: int = 4, span: int = 2, context: str = "both"):
+        for key, value, lo, hi in (("side", side, 1, 64), ("span", span, 1, 64)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise bad_param("infill", key, value, f"an int in [{lo}, {hi}]")
+        if span > side:
+            raise bad_param("infill", "span", span, f"at most side={side}")
+        if context not in ("both", "left"):
+            raise bad_param("infill", "context", context, "'both' or 'left'")
+        self.side, self.span, self.context = int(side), int(span), context
+        self.tokenizer = ArithmeticTokenizer()
+        self.max_tokens = 2 * self.side + 2 * self.span + 1
+
+    def answer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """The missing digits of sides ``left`` and ``right`` (int arrays of digits)."""
+        return (left[self.side - self.span:] + right[:self.span]) % 10
+
+    def _draw(self, rng):
+        left, right = rng.integers(0, 10, size=self.side), rng.integers(0, 10, size=self.side)
+        digits = lambda a: "".join(str(int(d)) for d in a)  # noqa: E731
+        hole = "?" * self.span
+        text = digits(left) + hole + (digits(right) if self.context == "both" else "")
+        x = self.tokenizer.encode(text)
+        y = np.append(self.tokenizer.encode(digits(self.answer(left, right))), vocab.EOS).astype(np.int32)
+        return left.astype(np.int8).tobytes() + right.astype(np.int8).tobytes(), Example(x, y)
+
+

@@ -151,7 +151,7 @@ def mask_fill(model, prompts: Sequence[Any], max_new: int, target_lengths: Seque
     if len(ks) != len(xs) or min(ks) < 1 or max(ks) > max_new:
         raise ValueError(f"target_lengths must give 1..max_new_tokens={max_new} slots per prompt, got {ks}")
     T = max(x.size + 2 + k for x, k in zip(xs, ks))
-    if T > model.cfg.max_len and model.cfg.pos_encoding in ("learned", "sinusoidal"):
+    if T > model.cfg.max_len and model.cfg.pos_encoding == "learned":
         raise ValueError(f"encoder layout needs {T} positions > model.max_len={model.cfg.max_len}")
     B, K = len(xs), max(ks)
     batch = {k: np.zeros((B, T), np.int32) for k in ("inputs", "segment_ids", "positions")}

@@ -88,7 +88,7 @@ def check_lengths(model, prompt: dict, max_new: int) -> None:
         if key in prompt:
             check_token_ids(prompt[key], cfg.vocab_size, key)
     longest = int(prompt["lengths"].max()) if "lengths" in prompt else 1
-    if cfg.pos_encoding in ("learned", "sinusoidal") and longest + max_new - 1 > cfg.max_len:
+    if cfg.pos_encoding == "learned" and longest + max_new - 1 > cfg.max_len:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new}) exceed model.max_len={cfg.max_len}")
 
 

@@ -19,7 +19,7 @@ class ConfigError(ValueError):
     starts with ``key=value``."""
 
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope", "relative", "none")
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "relative", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu", "gelu_erf")  # "gelu" is the tanh approximation, "gelu_erf" exact
@@ -56,7 +56,9 @@ class ModelConfig:
     n_heads: int = 4
     head_dim: int | None = None  # None -> d_model // n_heads
     d_ff: int = 256
-    max_len: int = 256  # longest sequence the position table / masks support
+    # longest training sequence; only a learned position table cannot go past it (sinusoidal, RoPE,
+    # relative buckets, ALiBi and none are computed for any position: length extrapolation)
+    max_len: int = 256
     pos_encoding: str = "learned"
     rope_theta: float = 10000.0
     rel_buckets: int = 32  # T5 relative-position buckets
@@ -68,6 +70,10 @@ class ModelConfig:
     attention_pattern: str = "dense"
     window: int = 32  # local band width (local and strided patterns)
     stride: int = 32  # strided ("atrous") step of the GPT-3 style sparse pattern
+    # Per-layer self-attention patterns, cycled over the layers of each stack (layer i uses entry
+    # i % len): ["dense", "local"] alternates dense and banded layers as GPT-3 does. None: every
+    # layer uses attention_pattern. Scanned stacks index a stacked mask by a per-layer input.
+    layer_patterns: tuple[str, ...] | None = None
     tie_embeddings: bool = True
     dropout: float = 0.0
     param_dtype: str = "float32"
@@ -130,6 +136,14 @@ class ModelConfig:
         _choice("norm_position", self.norm_position, NORM_POSITIONS)
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
+        if self.layer_patterns is not None:
+            if isinstance(self.layer_patterns, str) or not self.layer_patterns:
+                _fail("layer_patterns", self.layer_patterns, "must be a non-empty list of pattern names")
+            object.__setattr__(self, "layer_patterns", tuple(self.layer_patterns))  # hashable (static)
+            for name in self.layer_patterns:
+                if name not in ATTENTION_PATTERNS:
+                    _fail("layer_patterns", list(self.layer_patterns),
+                          f"unknown pattern {name!r}; choose from {list(ATTENTION_PATTERNS)}")
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("remat", self.remat, REMAT)
@@ -174,6 +188,20 @@ class ModelConfig:
         if self.arch != "encdec":
             return 0
         return self.n_dec_layers if self.n_dec_layers is not None else self.n_layers
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The distinct self-attention patterns of the layers, in order of first use."""
+        if self.layer_patterns is None:
+            return (self.attention_pattern,)
+        return tuple(dict.fromkeys(self.layer_patterns))
+
+    def layer_pattern_ids(self, n_layers: int) -> list[int]:
+        """Index into :attr:`patterns` of each of ``n_layers`` layers (the list cycles)."""
+        if self.layer_patterns is None:
+            return [0] * n_layers
+        order = self.patterns
+        return [order.index(self.layer_patterns[i % len(self.layer_patterns)]) for i in range(n_layers)]
 
     @property
     def gated(self) -> bool:

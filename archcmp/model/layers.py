@@ -79,12 +79,43 @@ class Embed(nnx.Module):
         return jnp.einsum("btd,vd->btv", x, cast_param(self.table, self.cfg))  # [B, T, V]
 
 
+def sinusoids(positions: Array, d_model: int) -> Array:
+    """Sin/cos features of Vaswani et al. at any positions.  [...] -> [..., D]."""
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    angles = positions[..., None].astype(jnp.float32) * freq  # [..., D/2]
+    return rearrange(jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1), "... f two -> ... (f two)")
+
+
 def sinusoidal_table(max_len: int, d_model: int) -> Array:
     """Fixed sin/cos table of Vaswani et al.  -> [max_len, D]."""
-    pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]
-    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
-    angles = pos * freq[None, :]  # [T, D/2]
-    return rearrange(jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1), "t f two -> t (f two)")  # [T, D]
+    return sinusoids(jnp.arange(max_len), d_model)
+
+
+def alibi_slopes(n_heads: int) -> Array:
+    """ALiBi head slopes (Press et al. 2022).  -> [H] float32.
+
+    For H a power of two: the geometric sequence 2^(-8/H), 2^(-16/H), ..., 2^(-8) (8 heads:
+    1/2, 1/4, ..., 1/256). Otherwise, as the paper prescribes, the slopes of the largest power of
+    two n < H, then every other slope of 2n until H are filled.
+    """
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    n = 2 ** int(math.floor(math.log2(n_heads)))
+    slopes = geometric(n) + geometric(2 * n)[0::2][: n_heads - n]
+    return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(positions: Array, key_positions: Array, n_heads: int) -> Array:
+    """ALiBi's linear distance penalty -slope_h * |i - j|.  [B, Tq], [B, Tk] -> [B, H, Tq, Tk].
+
+    The paper defines it for causal attention (j <= i, penalty slope * (i - j)). We use the
+    symmetric |i - j| everywhere: on a causal mask it is the same number for every visible key, and
+    for the bidirectional stacks (encoder, the prefix of a prefix-LM, the encdec encoder) it penalises
+    keys on both sides alike. Cross-attention gets no bias (encoder and decoder positions differ).
+    """
+    dist = jnp.abs(positions[:, :, None] - key_positions[:, None, :]).astype(jnp.float32)  # [B, Tq, Tk]
+    return -alibi_slopes(n_heads)[None, :, None, None] * dist[:, None]
 
 
 def apply_rope(x: Array, positions: Array, theta: float) -> Array:
@@ -122,9 +153,13 @@ def relative_buckets(offset: Array, n_buckets: int, max_distance: int, causal: b
 
 
 class Positions(nnx.Module):
-    """Positional information of one stack: additive table (learned / sinusoidal) or the
-    T5 relative bias; RoPE lives in attention and 'none' adds nothing.  ``causal``: the stack's
-    relative bias uses one-sided buckets (``cfg.rel_causal`` on a causal stack)."""
+    """Positional information of one stack: additive table (learned / sinusoidal) or an attention
+    bias (T5 relative buckets, ALiBi); RoPE lives in attention and 'none' adds nothing.  ``causal``:
+    the stack's relative bias uses one-sided buckets (``cfg.rel_causal`` on a causal stack).
+
+    Longer inputs than the training length (``cfg.max_len``): only the learned table refuses them
+    (no trained row exists); sinusoids, RoPE angles, relative buckets (far offsets share the last
+    bucket) and ALiBi distances are computed for any position."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, causal: bool = False):
         self.cfg, self.causal = cfg, causal
@@ -135,16 +170,15 @@ class Positions(nnx.Module):
 
     def add(self, x: Array, positions: Array) -> Array:
         """Add absolute positions to embeddings.  x [B, T, D], positions [B, T]."""
-        if self.cfg.pos_encoding in ("learned", "sinusoidal") and x.shape[1] > self.cfg.max_len:
+        if self.cfg.pos_encoding == "learned" and x.shape[1] > self.cfg.max_len:
             # Shapes are static, so this fires while tracing, before anything compiles
             # (an out-of-range table lookup would otherwise fill silently with NaN).
             raise ValueError(f"model.max_len={self.cfg.max_len}: sequence of {x.shape[1]} tokens is longer "
-                             "than the position table")
+                             "than the position table (model.pos_encoding='learned' has no row past max_len)")
         if self.cfg.pos_encoding == "learned":
             return x + jnp.take(cast_param(self.table, self.cfg), positions, axis=0)
         if self.cfg.pos_encoding == "sinusoidal":
-            table = sinusoidal_table(self.cfg.max_len, self.cfg.d_model).astype(x.dtype)
-            return x + jnp.take(table, positions, axis=0)
+            return x + sinusoids(positions, self.cfg.d_model).astype(x.dtype)
         return x
 
     def bias(self, positions: Array, key_positions: Array | None = None) -> Array | None:
@@ -153,9 +187,11 @@ class Positions(nnx.Module):
         ``key_positions`` [B, Tk] defaults to ``positions`` (self-attention over the same tokens);
         incremental decoding passes the positions of the cached keys.
         """
-        if self.cfg.pos_encoding != "relative":
+        if self.cfg.pos_encoding not in ("relative", "alibi"):
             return None
         key_positions = positions if key_positions is None else key_positions
+        if self.cfg.pos_encoding == "alibi":
+            return alibi_bias(positions, key_positions, self.cfg.n_heads)
         offset = key_positions[:, None, :] - positions[:, :, None]  # [B, Tq, Tk], key - query
         buckets = relative_buckets(offset, self.cfg.rel_buckets, self.cfg.rel_max_distance, self.causal)
         values = jnp.take(self.rel[...].astype(jnp.float32), buckets, axis=0)  # [B, Tq, Tk, H]
@@ -418,11 +454,16 @@ class Stack(nnx.Module):
         bias = self.positions.bias(positions, key_positions)
         graphdef, params = nnx.split(self.blocks)
         keys = None if key is None else jax.random.split(key, self.n_layers)
+        # Per-layer patterns (cfg.layer_patterns): mask is [P, B, 1, T, S], one per distinct pattern,
+        # and each layer picks its own by a scanned pattern id.
+        per_layer = mask.ndim == 5
+        pattern_ids = jnp.asarray(self.cfg.layer_pattern_ids(self.n_layers), jnp.int32)
 
         def body(h, layer):
-            layer_params, layer_key, layer_cache = layer
+            layer_params, layer_key, layer_cache, pattern_id = layer
             block = nnx.merge(graphdef, layer_params)
-            res = block(h, mask, positions, bias, memory, cross_mask, layer_key, layer_cache, cache_index)
+            layer_mask = mask[pattern_id] if per_layer else mask
+            res = block(h, layer_mask, positions, bias, memory, cross_mask, layer_key, layer_cache, cache_index)
             h, self_p, cross_p = res[:3]
             out = {}
             if return_attention:
@@ -440,11 +481,11 @@ class Stack(nnx.Module):
             # memory; on XLA:CPU "dots" ran 0.85-1.08x the speed of "none" (3M-20M; bench.md notes).
             body = jax.checkpoint(body, policy=REMAT_POLICY[self.cfg.remat])
         if self.cfg.scan_layers:
-            x, extras = jax.lax.scan(body, x, (params, keys, cache))
+            x, extras = jax.lax.scan(body, x, (params, keys, cache, pattern_ids))
         else:
             outs = []
             for i in range(self.n_layers):
-                layer = jax.tree.map(lambda a: a[i], (params, keys, cache))
+                layer = jax.tree.map(lambda a: a[i], (params, keys, cache, pattern_ids))
                 x, out = body(x, layer)
                 outs.append(out)
             extras = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs and outs[0] else {}

@@ -150,6 +150,17 @@ def self_attention_mask(
     return combine_masks(same, visible, sparse)
 
 
+def layer_masks(arch: str, segment_ids: Array, positions: Array, prefix_mask: Array | None,
+                patterns: tuple[str, ...], window: int, stride: int, key_segment_ids: Array | None = None,
+                key_positions: Array | None = None) -> Array:
+    """Self-attention masks of a stack whose layers use ``patterns`` (the distinct patterns, see
+    ``ModelConfig.patterns``).  One pattern: [B, 1, Tq, Tk]; several: stacked [P, B, 1, Tq, Tk],
+    which the layer scan indexes with each layer's pattern id."""
+    made = [self_attention_mask(arch, segment_ids, positions, prefix_mask, p, window, stride,
+                                key_segment_ids, key_positions) for p in patterns]
+    return made[0] if len(made) == 1 else jnp.stack(made)
+
+
 def cross_attention_mask(dec_segment_ids: Array, enc_segment_ids: Array) -> Array:
     """Decoder token sees every real encoder token of the same example.  -> [B, 1, Tdec, Tenc]."""
     return segment_mask(dec_segment_ids, enc_segment_ids)

@@ -119,9 +119,9 @@ def _check_cache_room(cache: dict, n_new: int) -> None:
 def _cached_mask(kind: str, cfg: ModelConfig, batch: Batch, meta: dict) -> Array:
     """Self-attention mask of the new tokens against every cache slot: the rows of the full
     mask (:func:`masks.self_attention_mask`) for these queries.  -> [B, 1, Tq, S]."""
-    return masks.self_attention_mask(kind, batch["segment_ids"], batch["positions"], meta["prefix_mask"],
-                                     cfg.attention_pattern, cfg.window, cfg.stride,
-                                     key_segment_ids=meta["segment_ids"], key_positions=meta["positions"])
+    return masks.layer_masks(kind, batch["segment_ids"], batch["positions"], meta["prefix_mask"],
+                             cfg.patterns, cfg.window, cfg.stride,
+                             key_segment_ids=meta["segment_ids"], key_positions=meta["positions"])
 
 
 def _empty_cache(cfg: ModelConfig, n_layers: int, batch_size: int, max_len: int) -> dict:
@@ -158,10 +158,11 @@ class SingleStackLM(nnx.Module):
         self.head = _Head(cfg, rngs)
 
     def mask(self, batch: Batch) -> Array:
-        """Self-attention mask of this architecture for the batch.  -> [B, 1, T, T] bool."""
+        """Self-attention mask of this architecture for the batch.  -> [B, 1, T, T] bool
+        ([P, B, 1, T, T], one per distinct pattern, with ``cfg.layer_patterns``)."""
         cfg = self.cfg
-        return masks.self_attention_mask(cfg.arch, batch["segment_ids"], batch["positions"],
-                                         batch.get("prefix_mask"), cfg.attention_pattern, cfg.window, cfg.stride)
+        return masks.layer_masks(cfg.arch, batch["segment_ids"], batch["positions"],
+                                 batch.get("prefix_mask"), cfg.patterns, cfg.window, cfg.stride)
 
     def init_cache(self, batch_size: int, max_len: int) -> dict:
         """Empty KV cache of ``max_len`` slots (decoder / prefix_lm; see the module docstring)."""
@@ -213,8 +214,8 @@ class EncoderDecoder(nnx.Module):
         check_token_ids(enc_inputs, cfg.vocab_size, "enc_inputs")
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = dropout(self.embed(enc_inputs), cfg.dropout, keys[0])
-        mask = masks.self_attention_mask("encoder", enc_segment_ids, enc_positions, None,
-                                         cfg.attention_pattern, cfg.window, cfg.stride)
+        mask = masks.layer_masks("encoder", enc_segment_ids, enc_positions, None,
+                                 cfg.patterns, cfg.window, cfg.stride)
         memory, extras = self.encoder(x, mask, enc_positions, key=keys[1],
                                       return_attention=return_attention, return_hidden=return_hidden)
         return (memory, extras) if (return_attention or return_hidden) else memory
@@ -251,8 +252,8 @@ class EncoderDecoder(nnx.Module):
             return self._cached(batch, cache)
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = dropout(self.embed(batch["inputs"]), cfg.dropout, keys[0])
-        self_mask = masks.self_attention_mask("decoder", batch["segment_ids"], batch["positions"], None,
-                                              cfg.attention_pattern, cfg.window, cfg.stride)
+        self_mask = masks.layer_masks("decoder", batch["segment_ids"], batch["positions"], None,
+                                      cfg.patterns, cfg.window, cfg.stride)
         cross_mask = masks.cross_attention_mask(batch["segment_ids"], batch["enc_segment_ids"])
         h, extras = self.decoder(x, self_mask, batch["positions"], memory=memory, cross_mask=cross_mask,
                                  key=keys[1], return_attention=return_attention, return_hidden=return_hidden)

@@ -1,0 +1,1 @@
+"""The decoding probe (``archcmp-analyze decoding``): diversity, repetition and quality of generations."""

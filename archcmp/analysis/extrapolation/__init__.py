@@ -1,0 +1,1 @@
+"""The length-extrapolation probe (``archcmp-analyze extrapolation``)."""
