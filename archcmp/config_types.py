@@ -110,6 +110,17 @@ def mesh_size(path: str, v: Any) -> None:
         raise _error(path, v, "must be a positive integer or -1 (all remaining devices)")
 
 
+def axis_rules(path: str, v: Any) -> None:
+    """``sharding.rules``: logical axis -> a mesh axis name, a list of them, or null (names:
+    :func:`archcmp.sharding.parse_mesh`)."""
+    mapping(path, v)
+    for name, target in v.items():
+        ok = target is None or isinstance(target, str) or (
+            isinstance(target, (list, tuple)) and all(isinstance(t, str) for t in target))
+        if not ok:
+            raise _error(f"{path}.{name}", target, "must be a mesh axis name, a list of them, or null")
+
+
 def any_value(path: str, v: Any) -> None:
     """Checked by the code that owns it (a task's parameters are checked by the task)."""
 
@@ -252,7 +263,7 @@ def check(cfg: Mapping[str, Any]) -> None:
         elif group == "mesh":
             _check_keys("mesh", node, {"data": mesh_size, "fsdp": mesh_size, "tensor": mesh_size})
         elif group == "sharding":
-            _check_keys("sharding", node, {"rules": optional(mapping)})  # names: archcmp.sharding.parse_mesh
+            _check_keys("sharding", node, {"rules": optional(axis_rules)})  # names: archcmp.sharding.parse_mesh
         else:
             table = {"arch": _arch, "task": _task, "optimizer": _optimizer, "train": _train, "device": _device,
                      "distributed": _distributed}[group]()

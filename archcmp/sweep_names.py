@@ -64,10 +64,15 @@ def _shown(key: str, refs: set[str]) -> bool:
     return any(r == key or r.startswith(key + ".") or key.startswith(r + ".") for r in refs)
 
 
-def _text(value: Any) -> str:
+def _flat_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return "-".join(_text(v) for v in value)
-    text = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+        return "-".join(_flat_text(v) for v in value)
+    return str(value)
+
+
+def _text(value: Any) -> str:
+    """A value as a directory-name part: [1, 3] -> 1-3; odd characters -> _; longer than 24 -> a hash."""
+    text = re.sub(r"[^A-Za-z0-9._+-]", "_", _flat_text(value))
     if len(text) > 24:
         import hashlib
 
