@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from archcmp import config_types
-from archcmp.config import ModelConfig
-from archcmp.run_config import ConfigError, parse
-from archcmp.train import CONF_DIR
+from archcmp.training import config_types
+from archcmp.model.config import ModelConfig
+from archcmp.training.settings import ConfigError, parse
+from archcmp.training.loop import CONF_DIR
 from hydra_cfg import compose_cfg
 
 GROUPS = ("arch", "size", "task", "optimizer", "logger", "device", "launcher", "experiment")

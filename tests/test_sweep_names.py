@@ -2,7 +2,7 @@
 and keys that cannot change a result (logger, launcher, bookkeeping), are not."""
 from omegaconf import OmegaConf
 
-from archcmp.sweep_names import suffix, swept_keys, template_references
+from archcmp.training.sweep_names import suffix, swept_keys, template_references
 from hydra_cfg import compose_cfg
 
 DEFAULT = "${arch.name}-${size.name}-${oc.select:task.label,${task.name}}-s${seed}"

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from archcmp import sweep_names
+from archcmp.training import sweep_names
 
 sweep_names.register()  # ${archcmp.swept:} in conf/config.yaml (also in joblib's worker processes)
 
@@ -640,7 +640,7 @@ def main() -> None:
         print(f"archcmp-train: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = model_overrides(sys.argv[1:])
-    from archcmp.config_types import check_command
+    from archcmp.training.config_types import check_command
 
     err = check_command(sys.argv[1:], str(CONF_DIR))  # Hydra's composition errors, in one line
     if err:

@@ -168,7 +168,7 @@ def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict
     for reading back the records of runs made by older versions (keys since renamed or added)."""
     from omegaconf import OmegaConf
 
-    from archcmp import config_types
+    from archcmp.training import config_types
 
     if hasattr(cfg, "_get_node"):
         raw = OmegaConf.to_container(cfg, resolve=False)

@@ -166,7 +166,7 @@ class SweepReport(Callback):
         os.environ[LAUNCH_ENV] = self._launch  # inherited by the job processes
         from omegaconf import OmegaConf
 
-        from archcmp.sweep_names import SWEPT_ENV, swept_keys
+        from archcmp.training.sweep_names import SWEPT_ENV, swept_keys
 
         params = config.hydra.sweeper.get("params") if "sweeper" in config.hydra else None
         os.environ[SWEPT_ENV] = " ".join(swept_keys(

@@ -134,7 +134,7 @@ def locate_runs(paths) -> list[Path]:
 
 def run_cli(argv: list[str]) -> int:
     if any(a == "--pretrained" or a.startswith("--pretrained=") for a in argv):  # imported checkpoints
-        from archcmp.analysis.answer_scoring import run_cli as score_pretrained
+        from archcmp.analysis.emergence.answers import run_cli as score_pretrained
 
         return score_pretrained(argv)
     args = build_parser().parse_args(argv)

@@ -5,12 +5,12 @@ One table per group (``arch``, ``size``, ``task``, ``optimizer``, ``train``, ``m
 for ``launcher=``): each key has a type -- a true/false, a positive or non-negative integer or
 number, a name from a fixed list, a string, a list of strings -- and a key the table does not know
 is refused too (``+train.stepz=3`` is a typo, not a setting). Every failure is a
-:class:`archcmp.run_config.ConfigError` whose message starts with the dotted key and the value
+:class:`archcmp.training.settings.ConfigError` whose message starts with the dotted key and the value
 (``optimizer.name='sgd': choose one of ['adamw']``), which the CLI prints as one line (exit 2).
 
 The tables say what a value may be; relations between values (b1 < 1, grad_accum divides
 batch_size, RoPE needs an even head size, ...) stay with the code that builds the settings
-(:mod:`archcmp.run_config`, :class:`archcmp.config.ModelConfig`).
+(:mod:`archcmp.training.settings`, :class:`archcmp.config.ModelConfig`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ Check = Callable[[str, Any], None]
 
 
 def _error(path: str, value: Any, why: str) -> Exception:
-    from archcmp.run_config import ConfigError
+    from archcmp.training.settings import ConfigError
 
     return ConfigError(f"{path}={value!r}: {why}")
 
@@ -153,7 +153,7 @@ def _model_field_check(annotation: Any) -> Check:
 
 def model_fields() -> dict[str, Check]:
     """``model.FIELD`` -> its type check (value ranges and names: ModelConfig's own validation)."""
-    from archcmp.config import ModelConfig
+    from archcmp.model.config import ModelConfig
 
     hints = typing.get_type_hints(ModelConfig)
     return {f.name: _model_field_check(hints[f.name]) for f in dataclasses.fields(ModelConfig)}
@@ -183,7 +183,7 @@ def _optimizer() -> dict[str, Check]:
 
 
 def _arch() -> dict[str, Check]:
-    from archcmp.config import ARCHS
+    from archcmp.model.config import ARCHS
 
     return {"name": one_of(*ARCHS), "objective": one_of("task", "mlm", "span"),
             "loss_on": optional(one_of("targets", "all"))}
@@ -195,7 +195,7 @@ def _task() -> dict[str, Check]:
 
 
 def _device() -> dict[str, Check]:
-    from archcmp.hosts import DTYPES, PLATFORMS
+    from archcmp.distributed.hosts import DTYPES, PLATFORMS
 
     return {"name": one_of("cpu", "gpu", "tpu"), "platform": one_of(*PLATFORMS), "dtype": one_of(*DTYPES),
             "param_dtype": one_of(*DTYPES), "xla_flags": flags, "libtpu_init_args": flags}
@@ -220,7 +220,7 @@ GROUPS = ("arch", "size", "task", "optimizer", "train", "model", "logger", "devi
 
 
 def _check_keys(path: str, node: Any, table: Mapping[str, Check], required: tuple[str, ...] = ()) -> None:
-    from archcmp.run_config import ConfigError
+    from archcmp.training.settings import ConfigError
 
     if not isinstance(node, Mapping):
         raise _error(path, node, "must be a mapping of keys to values")
@@ -235,7 +235,7 @@ def _check_keys(path: str, node: Any, table: Mapping[str, Check], required: tupl
 
 def check(cfg: Mapping[str, Any]) -> None:
     """Type-check a resolved (plain) config: every group, every key. Raises ConfigError."""
-    from archcmp.run_config import ConfigError
+    from archcmp.training.settings import ConfigError
 
     for key in cfg:
         if key not in TOP and key not in GROUPS:
@@ -252,7 +252,7 @@ def check(cfg: Mapping[str, Any]) -> None:
             _check_keys("model", node, {k: optional(c) for k, c in fields.items()})
         elif group == "size":
             _check_keys("size", node, {"name": string, "shapes": mapping}, required=("name", "shapes"))
-            from archcmp.config import ARCHS
+            from archcmp.model.config import ARCHS
 
             for arch, shape in node["shapes"].items():
                 if arch not in ARCHS:

@@ -2,13 +2,13 @@
 
 The default run name ``<arch>-<size>-<task>-s<seed>`` does not show, say, the learning rate; a sweep
 ``optimizer.lr=1e-3,3e-3`` would send both jobs to one directory (the second refused by its
-identity, :mod:`archcmp.identity`). Here every key a sweep varies that the run-name template does
+identity, :mod:`archcmp.training.identity`). Here every key a sweep varies that the run-name template does
 not mention, and that can change the result (identity's rules: not the logger, launcher or
 bookkeeping switches), is appended to the name as ``-<last key part><value>``:
 ``decoder-nano-addition-s0-lr0.003``. The names stay readable and deterministic, so relaunching
 the same sweep finds the same directories.
 
-The sweep callback (:class:`archcmp.sweep.SweepReport`) finds the varied keys when the multirun
+The sweep callback (:class:`archcmp.training.sweep.SweepReport`) finds the varied keys when the multirun
 starts -- the command line's sweeps (``a,b``, ``range()``, ...) and the experiment's
 ``hydra.sweeper.params`` with more than one value -- and hands them to the jobs (also joblib's
 worker processes) in the environment variable ``ARCHCMP_SWEPT_KEYS``. ``conf/config.yaml`` names
@@ -42,8 +42,8 @@ def swept_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any] 
 
 
 def _relevant(key: str) -> bool:
-    """Whether a key can change a run's numbers (archcmp.identity's rules)."""
-    from archcmp.identity import IGNORED_TOP, IGNORED_TRAIN
+    """Whether a key can change a run's numbers (archcmp.training.identity's rules)."""
+    from archcmp.training.identity import IGNORED_TOP, IGNORED_TRAIN
 
     top = key.split(".")[0].split("/")[0]
     if top in IGNORED_TOP or top == "launcher":

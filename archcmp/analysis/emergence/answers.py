@@ -65,7 +65,7 @@ def _answer_ids(loaded: Any, answer: str) -> np.ndarray:
 
 def item_batch(loaded: Any, prompt_ids: Sequence[np.ndarray], answer_ids: Sequence[np.ndarray]) -> dict:
     """A model batch scoring each answer after its prompt (one item a row; segment 0 = padding)."""
-    from archcmp.loaded import text_batch
+    from archcmp.loading.loaded import text_batch
 
     if loaded.arch == "encdec":
         enc = text_batch(list(prompt_ids), "decoder")
@@ -79,7 +79,7 @@ def item_batch(loaded: Any, prompt_ids: Sequence[np.ndarray], answer_ids: Sequen
 
 def answer_log_probs(loaded: Any, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[tuple]:
     """Per item: (answer token ids, log-softmax rows predicting them [n_answer, V])."""
-    from archcmp.introspect import logits
+    from archcmp.analysis.common.introspect import logits
 
     if loaded.arch == "encoder":
         raise ValueError(f"{loaded.source}: an encoder ({loaded.info.get('model_type', 'encoder')}) has no "
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from archcmp.pretrained import load_pretrained
+    from archcmp.loading.pretrained import load_pretrained
 
     t0 = time.perf_counter()
     try:
@@ -156,7 +156,7 @@ def run_cli(argv: list[str]) -> int:
         "items": len(frame), **{m: float(frame[m].mean()) for m in METRICS},
         "load_seconds": float(loaded.info.get("load_seconds", float("nan")))} for loaded, frame in per_model])
     summary.to_csv(out / "summary.csv", index=False)
-    from archcmp.analysis.emergence_plots import markdown_table
+    from archcmp.analysis.emergence.plots import markdown_table
 
     table = markdown_table(summary, index=False, floatfmt=".4f")
     (out / "summary.md").write_text(
