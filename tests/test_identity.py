@@ -155,6 +155,13 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_p
     (["model.d_modle=3"], "model.d_modle: unknown model config key"),
     (["hydra/launcher=joblib"], "launcher=NAME"),
     (["device.name=gpux"], "device.name='gpux'"),
+    (["+train.stepz=3"], "train.stepz=3: unknown key"),
+    (["train.stepz=3"], "train.stepz: unknown key"),
+    (["optimizer.name=sgd"], "optimizer.name='sgd': choose one of ['adamw']"),
+    (["model.init_std=abc"], "model.init_std='abc': must be a number"),
+    (["-m", "launcher=joblib", "hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs: Value 'abc'"),
+    (["-m", "launcher=joblib", "hydra.launcher.prefer=zzz"], "hydra.launcher.prefer='zzz'"),
+    (["-m", "optimizer.lr=1e-3,abc"], "optimizer.lr='abc': must be a positive number"),
 ])
 def test_bad_typed_values_exit_2_with_one_line(args, key, tmp_path):
     out = _cli([*TINY2, *args], tmp_path)
@@ -254,6 +261,27 @@ def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
     assert "seed=1,2" in (launches[1] / "multirun.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_sweep_over_a_key_the_run_name_hides_gets_a_directory_per_value(tmp_path):
+    """optimizer.lr is not in the default run name: each job's name (and directory) gets -lr<value>,
+    both train, and the same sweep again finds both complete."""
+    args = ["-m", "optimizer.lr=1e-3,3e-3", "experiment_name=hidden", *TINY2]
+    first = _cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "sweep: 2 runs: 2 completed, 0 resumed, 0 skipped (already complete), 0 failed" in first.stdout
+    sweep = tmp_path / "multirun" / "hidden"
+    for lr, text in ((0.001, "0.001"), (0.003, "0.003")):
+        run_dir = sweep / f"{RUN}-lr{text}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete" and summary["run_name"] == run_dir.name
+        assert json.loads((run_dir / "identity.json").read_text())["settings"]["optimizer"]["lr"] == lr
+    assert sorted(p.name for p in sweep.iterdir() if p.name.startswith("decoder")) == [f"{RUN}-lr0.001",
+                                                                                     f"{RUN}-lr0.003"]
+    again = _cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 skipped (already complete)" in again.stdout, again.stdout
+
+
 # ---- fault output ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
@@ -275,8 +303,19 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
     lines = _lines(err)
     assert len(lines) == 1 and "interrupted at step" in lines[0] and "relaunch" in lines[0], err
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 5 <= summary["step"] < 400
-    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [summary["step"]]
+    stopped = summary["step"]
+    assert summary["status"] == "interrupted" and 5 <= stopped < 400
+    assert f"interrupted at step {stopped}" in lines[0]
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped]
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert max(logged) == stopped  # every step up to the interrupt was logged, none after it
+    # The same command again: resumes from the interrupt's checkpoint and finishes.
+    out = _cli(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from"] == stopped and summary["step"] == 400
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert logged == list(range(1, 401))  # each step once: nothing lost, nothing repeated
 
 
 @pytest.mark.slow

@@ -236,7 +236,7 @@ class ModularTask(Task):
             raise bad_param("modular", "p", p, "prime when op is '/'")
         if not isinstance(train_frac, (float, int)) or not 0.0 < float(train_frac) < 1.0:
             raise bad_param("modular", "train_frac", train_frac, "a float in (0, 1)")
-        if not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
+        if not isinstance(split_seed, (int, np.integer)) or isinstance(split_seed, bool) or split_seed < 0:
             raise bad_param("modular", "split_seed", split_seed, "a non-negative int")
         if tokens not in ("digits", "symbols"):
             raise bad_param("modular", "tokens", tokens, "'digits' or 'symbols'")

@@ -184,7 +184,10 @@ def start(device: DeviceSettings, dist: DistributedSettings) -> None:
 
 
 def is_primary() -> bool:
-    """Process 0 writes the run records and talks to wandb."""
+    """Process 0 writes the run records and talks to wandb. Before JAX started its backends (a run that
+    stopped on a config error) this is the only process: JAX is not started just to ask."""
+    if not backends_started():
+        return True
     import jax
 
     try:

@@ -85,7 +85,7 @@ def _restore_target(run: RunInfo, state):
     from archcmp.training.optim import make_optimizer
     from archcmp.training.settings import parse
 
-    s, _ = parse(run.config)
+    s, _ = parse(run.config, typed=False)  # a run of an older version: its own keys
     tx = make_optimizer(s.optim, s.train.steps)
     return {"params": jax.eval_shape(lambda x: x, state), "opt_state": jax.eval_shape(tx.init, state)}
 

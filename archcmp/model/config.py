@@ -155,10 +155,10 @@ class ModelConfig:
             _fail("dropout", self.dropout, "must be a number in [0, 1)")
         if not (0.0 <= float(self.dropout) < 1.0):
             _fail("dropout", self.dropout, "must be in [0, 1)")
-        if not self.norm_eps > 0:
-            _fail("norm_eps", self.norm_eps, "must be > 0")
-        if not self.init_std > 0:
-            _fail("init_std", self.init_std, "must be > 0")
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                _fail(name, value, "must be > 0")
 
     # ---- derived sizes -------------------------------------------------------------------
     @property

@@ -19,6 +19,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from archcmp.training import sweep_names
+
+sweep_names.register()  # ${archcmp.swept:} in conf/config.yaml (also in joblib's worker processes)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONF_GROUPS = ("arch", "size", "task", "optimizer", "logger", "launcher", "device", "experiment")
 
@@ -560,6 +564,21 @@ def _write_hydra_record(cfg: Any, run_dir: Path) -> None:
     OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
 
 
+def _name_like_the_directory(cfg: Any, hc: Any) -> None:
+    """A sweep job whose directory got the swept keys the run name hides (``-lr0.003``,
+    :mod:`archcmp.sweep_names`) carries them in its ``run_name`` too (summary, wandb, tables)."""
+    from omegaconf import OmegaConf, open_dict
+
+    swept = sweep_names.env_swept()
+    if not swept:
+        return
+    template = sweep_names.run_name_template(cfg)
+    extra = sweep_names.suffix(cfg, template, OmegaConf.to_container(hc.runtime.choices), swept)
+    if extra and Path(hc.runtime.output_dir).name == f"{cfg.run_name}{extra}":
+        with open_dict(cfg):
+            cfg.run_name = template + extra  # still an interpolation: num_seeds members re-resolve it
+
+
 def _hydra_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -570,6 +589,8 @@ def _hydra_task(cfg) -> None:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _name_like_the_directory(cfg, hc)
     try:
         parse_launcher(hc.launcher)
         n_jobs = hc.launcher.get("n_jobs") if "n_jobs" in hc.launcher else None
@@ -616,6 +637,12 @@ def main() -> None:
         print(f"archcmp-train: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = model_overrides(sys.argv[1:])
+    from archcmp.training.config_types import check_command
+
+    err = check_command(sys.argv[1:], str(CONF_DIR))  # Hydra's composition errors, in one line
+    if err:
+        print(f"archcmp-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_hydra_task)()

@@ -157,9 +157,14 @@ def parse_launcher(hydra_launcher: Mapping[str, Any]) -> None:
         raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: must be a positive integer")
 
 
-def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
-    """Validate the composed config. Returns (settings, the size's shape for this arch)."""
+def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict]:
+    """Validate the composed config. Returns (settings, the size's shape for this arch).
+
+    ``typed``: first check every group's keys and value types (:mod:`archcmp.config_types`); off only
+    for reading back the records of runs made by older versions (keys since renamed or added)."""
     from omegaconf import OmegaConf
+
+    from archcmp.training import config_types
 
     if hasattr(cfg, "_get_node"):
         raw = OmegaConf.to_container(cfg, resolve=False)
@@ -170,6 +175,8 @@ def parse(cfg: Mapping[str, Any]) -> tuple[RunSettings, dict]:
         cfg = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     if cfg.get("task") is None:
         raise ConfigError("task: missing; choose one with task=NAME (see conf/task/)")
+    if typed:
+        config_types.check(cfg)
     arch = _get(cfg, "arch.name")
     if arch not in ARCHS:
         raise ConfigError(f"arch={arch!r}: unknown architecture; choose one of {list(ARCHS)}")

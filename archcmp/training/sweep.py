@@ -164,6 +164,14 @@ class SweepReport(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         self._launch = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         os.environ[LAUNCH_ENV] = self._launch  # inherited by the job processes
+        from omegaconf import OmegaConf
+
+        from archcmp.training.sweep_names import SWEPT_ENV, swept_keys
+
+        params = config.hydra.sweeper.get("params") if "sweeper" in config.hydra else None
+        os.environ[SWEPT_ENV] = " ".join(swept_keys(
+            OmegaConf.to_container(config.hydra.overrides.task, resolve=False),
+            OmegaConf.to_container(params, resolve=False) if params is not None else None))
         self._t0 = time.time()
 
     def on_job_start(self, config, **kwargs) -> None:

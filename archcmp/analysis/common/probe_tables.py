@@ -15,9 +15,9 @@ def collect_rows(probe: str, paths, evaluate: Callable[[Path], list[dict]]) -> l
     """``evaluate(run_dir)`` rows of every run under ``paths`` (a line per run on stderr); None
     after a one-line error when there is no run."""
     from archcmp.analysis.emergence.cli import locate_runs
-    from archcmp.training.loop import _quiet_libraries
+    from archcmp.distributed.hosts import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         run_dirs = locate_runs(paths)
     except FileNotFoundError as err:

@@ -69,7 +69,7 @@ def score_samples(prompts, references, samples, logliks, eos: int, pad: int) -> 
 
 
 def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0) -> list[dict]:
-    """One row per setting of :data:`SWEEP` for one run (``loaded``: :class:`archcmp.loaded.Loaded`)."""
+    """One row per setting of :data:`SWEEP` for one run (``loaded``: :class:`archcmp.loading.loaded.Loaded`)."""
     import warnings
 
     import jax

@@ -132,6 +132,10 @@ def locate_runs(paths) -> list[Path]:
 
 
 def run_cli(argv: list[str]) -> int:
+    if any(a == "--pretrained" or a.startswith("--pretrained=") for a in argv):  # imported checkpoints
+        from archcmp.analysis.emergence.answers import run_cli as score_pretrained
+
+        return score_pretrained(argv)
     args = build_parser().parse_args(argv)
     from archcmp.distributed.hosts import quiet_libraries
 
