@@ -41,6 +41,7 @@ def done_run(tmp_path_factory):
     return root, root / "outputs" / "default" / RUN
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 @pytest.mark.parametrize("override, diff", [
     ("optimizer.lr=0.01", "optimizer.lr: 0.003 -> 0.01"),
     ("train.steps=3", "train.steps: 2 -> 3"),
@@ -58,6 +59,7 @@ def test_changed_setting_is_refused_naming_the_keys_and_old_results_stay(done_ru
     assert _snapshot(run_dir) == before  # summary, metrics, checkpoints, .hydra/, identity.json
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_same_settings_are_skipped_and_bookkeeping_keys_do_not_count(done_run):
     root, run_dir = done_run
     before = _snapshot(run_dir)
@@ -92,6 +94,7 @@ def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
     identity.check(tmp_path, _resolved(compose_cfg(["optimizer.lr=0.01"])))
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_overwrite_moves_the_old_run_aside_and_trains_anew(tmp_path):
     first = train_cli(TINY2, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -121,6 +124,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_path):
     run_dir = tmp_path / "outputs" / "default" / RUN
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
@@ -159,6 +163,7 @@ def test_bad_typed_values_exit_2_with_one_line(args, key, tmp_path):
         assert json.loads(path.read_text())["error_kind"] == "config"
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_model_fields_are_reachable_without_plus(tmp_path):
     out = train_cli([*TINY2, "model.pos_encoding=learned", "model.n_heads=2"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

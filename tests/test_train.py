@@ -1,6 +1,7 @@
 """Training: losses fall, identical data across architectures, resume is bit-exact, bad input
 fails in one line, wandb offline runs hold the metrics."""
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -95,10 +96,10 @@ def test_run_records_hold_the_documented_keys(four_runs, tmp_path):
         assert summary["train_flops"] == pytest.approx(summary["flops_per_token"] * summary["train_tokens"])
 
 
-def test_complete_run_is_skipped_on_relaunch(tmp_path):
-    cfg = compose_cfg(["arch=decoder", *TINY])
-    first = train(cfg, tmp_path)
-    again = train(cfg, tmp_path)
+def test_complete_run_is_skipped_on_relaunch(tiny_runs, tmp_path):
+    done_dir, first = tiny_runs["decoder"]  # the session's finished run with these very settings
+    shutil.copytree(done_dir, tmp_path, dirs_exist_ok=True)
+    again = train(compose_cfg(["arch=decoder", *TINY]), tmp_path)
     assert again.get("skipped") and again["eval_loss"] == first["eval_loss"]
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4]
