@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from archcmp import ensemble
-from archcmp.analysis.runs import load_runs
-from archcmp.checkpoint import Checkpointer
-from archcmp.run_config import ConfigError
-from archcmp.track import read_jsonl
-from archcmp.train import _record_failure, train
+from archcmp.training import ensemble
+from archcmp.analysis.common.runs import load_runs
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.training.settings import ConfigError
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.training.loop import _record_failure, train
 from hydra_cfg import compose_cfg
 from train_procs import kill_at_checkpoint, train_cli
 
@@ -179,7 +179,7 @@ def test_a_group_failing_before_its_first_step_records_it_in_every_member(tmp_pa
 
 
 def test_each_member_keeps_its_identity_and_other_settings_are_refused(runs, tmp_path):
-    from archcmp.identity import RunRefused
+    from archcmp.training.identity import RunRefused
 
     root, group, plain = runs
     gdir = tmp_path / "group"

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from archcmp.checkpoint import Checkpointer
-from archcmp.track import read_jsonl
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.tracking.tracker import read_jsonl
 from train_procs import kill_at_checkpoint, train_cli
 
 pytestmark = pytest.mark.slow

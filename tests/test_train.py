@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.checkpoint import Checkpointer
-from archcmp.config import ModelConfig
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.model.config import ModelConfig
 from archcmp.data import BatchIterator, make_formatter, make_task
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.run_config import OptimSettings
-from archcmp.steps import make_train_step, split_microbatches
-from archcmp.track import read_jsonl
-from archcmp.train import train
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.settings import OptimSettings
+from archcmp.training.steps import make_train_step, split_microbatches
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.training.loop import train
 from hydra_cfg import TINY, compose_cfg
 from train_procs import kill_at_checkpoint, train_cli
 from wandb_files import offline_history, offline_summary

@@ -16,21 +16,21 @@ def train_env(env: dict | None = None) -> dict:
 
 
 def train_cli(args, cwd, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m archcmp.train *args`` in ``cwd`` to the end; its output is captured as text."""
-    return subprocess.run([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=train_env(env),
+    """Run ``python -m archcmp.training.loop *args`` in ``cwd`` to the end; its output is captured as text."""
+    return subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=train_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def kill_when(args, cwd, ready: Callable[[], bool], env: dict | None = None, log: Path | None = None,
               timeout: float = 300) -> None:
-    """Start ``python -m archcmp.train *args`` in ``cwd``, poll ``ready()`` until it holds, then SIGKILL
+    """Start ``python -m archcmp.training.loop *args`` in ``cwd``, poll ``ready()`` until it holds, then SIGKILL
     the process: a run killed mid-way, with no chance to clean up.
 
     Fails the test if the run ended on its own first (killed too late: nothing left to resume) or
     ``ready()`` did not hold within ``timeout`` seconds. ``log`` keeps the child's output."""
     out = open(log, "w") if log is not None else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=train_env(env),
+        proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=train_env(env),
                                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and not ready() and time.monotonic() < deadline:
