@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from rapidfuzz.distance import Levenshtein
 
 PAD_ID = 0
@@ -248,12 +249,9 @@ def bootstrap_ci(values, n: int = 1000, alpha: float = 0.05,
     mean = float(v.mean())
     if m == 1 or n <= 0:
         return (mean, mean, mean)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n, 2_000_000 // m))
-    means = np.concatenate([v[rng.integers(0, m, size=(min(chunk, n - s), m))].mean(axis=1)
-                            for s in range(0, n, chunk)])
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return (mean, float(lo), float(hi))
+    ci = stats.bootstrap((v,), np.mean, n_resamples=n, confidence_level=1 - alpha, method="percentile",
+                         rng=np.random.default_rng(seed), batch=max(1, min(n, 2_000_000 // m))).confidence_interval
+    return (mean, float(ci.low), float(ci.high))
 
 
 def aggregate(data: pd.DataFrame | Mapping[str, Any], metrics: Iterable[str] | None = None,
