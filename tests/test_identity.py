@@ -194,7 +194,7 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
         rows = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
         return (run_dir / "checkpoints" / "10").exists() and bool(rows) and rows[-1] >= 13
 
-    kill_when(args, tmp_path, past_first_checkpoint, env={"WANDB_MODE": None}, timeout=900)
+    kill_when(args, tmp_path, past_first_checkpoint, env={"WANDB_MODE": None})
     killed_at = max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl"))
     assert 10 < killed_at < 40, killed_at
     run_id = json.loads((run_dir / "wandb.json").read_text())["id"]

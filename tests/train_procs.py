@@ -22,7 +22,7 @@ def train_cli(args, cwd, env: dict | None = None, timeout: float = 600) -> subpr
 
 
 def kill_when(args, cwd, ready: Callable[[], bool], env: dict | None = None, log: Path | None = None,
-              timeout: float = 300) -> None:
+              timeout: float = 900) -> None:
     """Start ``python -m archcmp.training.loop *args`` in ``cwd``, poll ``ready()`` until it holds, then SIGKILL
     the process: a run killed mid-way, with no chance to clean up.
 
@@ -44,6 +44,6 @@ def kill_when(args, cwd, ready: Callable[[], bool], env: dict | None = None, log
     assert ready(), f"the run was not ready to be killed within {timeout} s"
 
 
-def kill_at_checkpoint(args, cwd, checkpoint: Path, log: Path | None = None, timeout: float = 300) -> None:
+def kill_at_checkpoint(args, cwd, checkpoint: Path, log: Path | None = None, timeout: float = 900) -> None:
     """``kill_when`` the checkpoint directory ``checkpoint`` exists."""
     kill_when(args, cwd, checkpoint.exists, log=log, timeout=timeout)
