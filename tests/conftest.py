@@ -2,7 +2,7 @@
 
 A tiny training run is mostly compilation, and many tests (and the ``archcmp-train``
 subprocesses they start) compile the same programs. The cache lives under the rootdir's
-``.pytest_cache/jax-compile-cache`` (a fresh clone starts cold; a developer's second run
+``.pytest_cache/jax-cache-locked`` (a fresh clone starts cold; a developer's second run
 starts warm). It is set through the environment *before* JAX is imported, so subprocesses
 inherit it; ``ARCHCMP_TEST_JAX_CACHE=off`` turns it off, a path moves it. The cache key is
 the compiled program plus the JAX/XLA versions and flags, so a stale entry is never reused
@@ -31,7 +31,7 @@ def _compilation_cache_env() -> dict[str, str]:
     setting = os.environ.get("ARCHCMP_TEST_JAX_CACHE", "")
     if setting.lower() in ("off", "0", "false", "no"):
         return {}
-    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-compile-cache"
+    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-cache-locked"  # not the old jax-compile-cache: its entries lack the access-time files a size limit needs
     cache_dir.mkdir(parents=True, exist_ok=True)
     return {
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
