@@ -31,7 +31,9 @@ def _compilation_cache_env() -> dict[str, str]:
     setting = os.environ.get("ARCHCMP_TEST_JAX_CACHE", "")
     if setting.lower() in ("off", "0", "false", "no"):
         return {}
-    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-cache-locked"  # not the old jax-compile-cache: its entries lack the access-time files a size limit needs
+    # Not the old jax-compile-cache: entries written without a size limit lack the access-time files
+    # that JAX's size-limited cache reads, and every write into it would fail with a warning.
+    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-cache-locked"
     cache_dir.mkdir(parents=True, exist_ok=True)
     return {
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
