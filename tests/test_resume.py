@@ -1,11 +1,6 @@
 """Kill -9 and resume with dropout and gradient accumulation: the resumed run ends in the very state
 of an uninterrupted one (parameters *and* optimizer state) and logs the same loss at every step."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,6 +9,7 @@ import pytest
 
 from archcmp.training.checkpoint import Checkpointer
 from archcmp.tracking.tracker import read_jsonl
+from train_procs import kill_at_checkpoint, train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +19,8 @@ ARGS = ["arch=encdec", "size=nano", f"train.steps={STEPS}", "train.checkpoint_ev
         "train.progress=false", "task.seq_len=24", "logger=none"]
 
 
-def _env():
-    return {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-
-
 def _train(run_dir, cwd):
-    done = subprocess.run([sys.executable, "-m", "archcmp.training.loop", *ARGS, f"hydra.run.dir={run_dir}"], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    done = train_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -47,15 +38,8 @@ def _losses(run_dir):
 
 def test_killed_run_with_dropout_and_grad_accum_resumes_exactly(tmp_path):
     _train("full", tmp_path)
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *ARGS, "hydra.run.dir=killed"], cwd=tmp_path,
-                                env=_env(), stdout=log, stderr=subprocess.STDOUT)
-        first_ckpt = tmp_path / "killed" / "checkpoints" / "10"
-        deadline = time.monotonic() + 300
-        while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_at_checkpoint([*ARGS, "hydra.run.dir=killed"], tmp_path, tmp_path / "killed" / "checkpoints" / "10",
+                       log=tmp_path / "killed.log")
     _train("killed", tmp_path)
 
     done = json.loads((tmp_path / "killed" / "summary.json").read_text())

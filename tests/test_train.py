@@ -1,11 +1,7 @@
 """Training: losses fall, identical data across architectures, resume is bit-exact, bad input
 fails in one line, wandb offline runs hold the metrics."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,6 +19,7 @@ from archcmp.training.steps import make_train_step, split_microbatches
 from archcmp.tracking.tracker import read_jsonl
 from archcmp.training.loop import train
 from hydra_cfg import TINY, compose_cfg
+from train_procs import kill_at_checkpoint, train_cli
 from wandb_files import offline_history, offline_summary
 
 ARCHS = ["encoder", "decoder", "prefix_lm", "encdec"]
@@ -99,10 +96,10 @@ def test_run_records_hold_the_documented_keys(four_runs, tmp_path):
         assert summary["train_flops"] == pytest.approx(summary["flops_per_token"] * summary["train_tokens"])
 
 
-def test_complete_run_is_skipped_on_relaunch(tmp_path):
-    cfg = compose_cfg(["arch=decoder", *TINY])
-    first = train(cfg, tmp_path)
-    again = train(cfg, tmp_path)
+def test_complete_run_is_skipped_on_relaunch(tiny_runs, tmp_path):
+    done_dir, first = tiny_runs["decoder"]  # the session's finished run with these very settings
+    shutil.copytree(done_dir, tmp_path, dirs_exist_ok=True)
+    again = train(compose_cfg(["arch=decoder", *TINY]), tmp_path)
     assert again.get("skipped") and again["eval_loss"] == first["eval_loss"]
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4]
@@ -128,12 +125,6 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 
 
 # ---- subprocess tests: the real command line -------------------------------------------------
-def _cli(args, cwd, **kw):
-    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
-
-
 @pytest.mark.parametrize("args, key", [
     (["arch=gpt5"], "arch='gpt5'"),
     (["train.steps=-1"], "train.steps=-1"),
@@ -143,7 +134,7 @@ def _cli(args, cwd, **kw):
     (["experiment=quickstart", "train.steps=0"], "train.steps=0"),
 ])
 def test_bad_overrides_exit_nonzero_with_one_line(args, key, tmp_path):
-    out = _cli(args, tmp_path)
+    out = train_cli(args, tmp_path)
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0], out.stderr
@@ -151,7 +142,7 @@ def test_bad_overrides_exit_nonzero_with_one_line(args, key, tmp_path):
 
 @pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
-    out = _cli(["-m", "arch=encoder,decoder,prefix_lm,encdec", "logger=wandb", "task=addition",
+    out = train_cli(["-m", "arch=encoder,decoder,prefix_lm,encdec", "logger=wandb", "task=addition",
                 "experiment_name=wb", *TINY], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     for arch in ARCHS:
@@ -180,22 +171,14 @@ def _final_params(run_dir):
 def test_killed_run_resumes_bit_exactly(tmp_path):
     args = ["arch=decoder", "size=nano", "train.steps=120", "train.checkpoint_every=10", "train.eval_every=60",
             "train.batch_size=8", "train.progress=false", "train.log_every=5", "task.seq_len=24"]
-    full = _cli([*args, "hydra.run.dir=full"], tmp_path)
+    full = train_cli([*args, "hydra.run.dir=full"], tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_ckpt = tmp_path / "killed" / "checkpoints" / "10"
-    deadline = time.monotonic() + 300
-    while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint([*args, "hydra.run.dir=killed"], tmp_path, tmp_path / "killed" / "checkpoints" / "10")
     summary = tmp_path / "killed" / "summary.json"
     assert not summary.exists() or json.loads(summary.read_text())["status"] != "complete", "killed too late"
 
-    resumed = _cli([*args, "hydra.run.dir=killed"], tmp_path)
+    resumed = train_cli([*args, "hydra.run.dir=killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     done = json.loads(summary.read_text())
     assert done["status"] == "complete" and 10 <= done["resumed_from"] < 120  # really resumed mid-run

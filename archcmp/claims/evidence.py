@@ -104,11 +104,9 @@ def mean_interval(x, level: float = 0.95, method: str = "t") -> tuple[float, flo
     if len(x) < 2 or not np.isfinite(x).all():
         return m, math.nan, math.nan
     if method == "bootstrap":
-        rng = np.random.default_rng(0)
-        means = x[rng.integers(0, len(x), (BOOTSTRAP_RESAMPLES, len(x)))].mean(axis=1)
-        q = 50 * (1 - level)
-        lo, hi = np.percentile(means, [q, 100 - q])
-        return m, float(lo), float(hi)
+        ci = stats.bootstrap((x,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
+                             method="percentile", rng=np.random.default_rng(0)).confidence_interval
+        return m, float(ci.low), float(ci.high)
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return m, m - half, m + half
 

