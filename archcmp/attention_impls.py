@@ -95,8 +95,9 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def blocked_attend(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None,
-                   scale: bool = True, block: int = BLOCK) -> Array:
-    """Flash-style attention (see the module docstring).  -> [B, T, H, K]."""
+                   scale: bool = True, block: int | None = None) -> Array:
+    """Flash-style attention (see the module docstring); ``block`` defaults to :data:`BLOCK`.  -> [B, T, H, K]."""
+    block = BLOCK if block is None else block
     factor = 1.0 / math.sqrt(q.shape[-1]) if scale else 1.0
     B, T, H, _ = q.shape
     mask = jnp.broadcast_to(mask, (B, 1, T, k.shape[1]))

@@ -71,10 +71,11 @@ class ModelConfig:
     # intermediate; "dots" keeps the dense matmul outputs and recomputes the rest (norms, activations,
     # attention); "full" keeps only the layer input. Same numbers; memory falls, recompute rises.
     remat: str = "none"
-    # How attention runs when nobody reads its probabilities (training, evaluation): "explicit" (the
-    # probes' path, scores materialised), "blocked" (flash-style, online softmax), "xla"
-    # (jax.nn.dot_product_attention), "cudnn" (its GPU kernel). Same outputs; see archcmp.attention_impls.
-    attention_impl: str = "explicit"
+    # How attention runs when nobody reads its probabilities (training, evaluation, decoding):
+    # "explicit" (the probes' path, scores materialised), "blocked" (flash-style, online softmax;
+    # the CPU default: fastest and least memory in bench.md's A/B), "xla" (jax.nn.dot_product_attention;
+    # the gpu/tpu presets), "cudnn" (its GPU kernel). Same outputs; see archcmp.attention_impls.
+    attention_impl: str = "blocked"
     init_std: float = 0.02
     # False: attention-only blocks (no MLP sub-layer, no MLP norm; d_ff unused), the two-layer
     # attention-only transformers of the induction-head studies (Olsson et al. 2022).

@@ -14,10 +14,12 @@ import statistics
 import time
 
 VARIANTS = {
-    "explicit": {},
+    "explicit": {"attention_impl": "explicit"},
     "blocked": {"attention_impl": "blocked"},
     "xla": {"attention_impl": "xla"},
     "dots": {"remat": "dots"},
+    "blocked32": {"attention_impl": "blocked", "_block": 32},
+    "blocked128": {"attention_impl": "blocked", "_block": 128},
     "blocked_dots": {"attention_impl": "blocked", "remat": "dots"},
     "xla_dots": {"attention_impl": "xla", "remat": "dots"},
 }
@@ -39,8 +41,14 @@ def main() -> None:
     base = model_config(args.arch, args.size, 1024, 256)
     batch = make_batch(args.arch, 8, 256, 1024, seed=1)
     trainers = {}
+    from archcmp import attention_impls
+
+    default_block = attention_impls.BLOCK
     for name in args.variants:
-        t = OursTrainer(base.replace(**VARIANTS[name]), batch)
+        changes = dict(VARIANTS[name])
+        attention_impls.BLOCK = changes.pop("_block", default_block)  # read while the step is traced
+        t = OursTrainer(base.replace(**changes), batch)
+        attention_impls.BLOCK = default_block
         t.step()
         trainers[name] = t
         print(f"{name}: compile {t.compile_seconds:.1f} s, XLA memory {t.xla_memory}", flush=True)

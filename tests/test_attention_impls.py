@@ -68,7 +68,7 @@ def test_model_logits_and_grads_match_explicit(arch, pos):
     def loss_and_grads(impl):
         graphdef, params = nnx.split(build_model(cfg.replace(attention_impl=impl), seed=0))
         f = lambda p: nnx.merge(graphdef, p)(batch).astype(jnp.float32).sum() * 1e-2  # noqa: E731
-        return jax.value_and_grad(f)(params)
+        return jax.jit(jax.value_and_grad(f))(params)
 
     (l_ref, g_ref) = loss_and_grads("explicit")
     for impl in ("blocked", "xla"):
