@@ -8,12 +8,12 @@ The analysis API is importable from here (loaded on first use, so ``import archc
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load_run": "archcmp.run_loading",
-    "load_pretrained": "archcmp.pretrained",
-    "attention": "archcmp.introspect",
-    "hidden_states": "archcmp.introspect",
-    "logits": "archcmp.introspect",
-    "Loaded": "archcmp.loaded",
+    "load_run": "archcmp.loading.run",
+    "load_pretrained": "archcmp.loading.pretrained",
+    "attention": "archcmp.analysis.common.introspect",
+    "hidden_states": "archcmp.analysis.common.introspect",
+    "logits": "archcmp.analysis.common.introspect",
+    "Loaded": "archcmp.loading.loaded",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archcmp.bench.common import persistent_cache_off  # noqa: E402
-from archcmp.config import ModelConfig  # noqa: E402
-from archcmp.models import build_model  # noqa: E402
+from archcmp.model.config import ModelConfig  # noqa: E402
+from archcmp.model.models import build_model  # noqa: E402
 
 
 def make_batch(arch: str, batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, jax.Array]:

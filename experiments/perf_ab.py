@@ -41,7 +41,7 @@ def main() -> None:
     base = model_config(args.arch, args.size, 1024, 256)
     batch = make_batch(args.arch, 8, 256, 1024, seed=1)
     trainers = {}
-    from archcmp import attention_impls
+    from archcmp.model import attention_impls
 
     default_block = attention_impls.BLOCK
     for name in args.variants:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from archcmp.accounting import count_params
-from archcmp.run_config import parse
-from archcmp.train import CONF_DIR
+from archcmp.model.accounting import count_params
+from archcmp.training.settings import parse
+from archcmp.training.loop import CONF_DIR
 
 ARCHS = ["encoder", "decoder", "prefix_lm", "encdec"]
 

@@ -51,7 +51,7 @@ def tiny_runs(tmp_path_factory):
     with the ``.hydra/config.yaml`` a real run writes, so analysis CLIs can be pointed at it."""
     from omegaconf import OmegaConf
 
-    from archcmp.train import train
+    from archcmp.training.loop import train
     from hydra_cfg import TINY, compose_cfg
 
     runs = {}

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from archcmp.train import CONF_DIR
+from archcmp.training.loop import CONF_DIR
 
 TINY = ["size=nano", "train.steps=4", "train.batch_size=8", "train.eval_examples=16",
         "train.eval_batch_size=8", "train.log_every=1", "train.eval_every=2", "train.checkpoint_every=2",

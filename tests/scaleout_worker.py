@@ -21,12 +21,12 @@ STEPS, SAVE_AT, BATCH, SEQ = 20, 10, 16, 24
 def setup(arch: str):
     from flax import nnx
 
-    from archcmp.config import ModelConfig
+    from archcmp.model.config import ModelConfig
     from archcmp.data import BatchIterator, make_formatter, make_task
-    from archcmp.models import build_model
-    from archcmp.optim import make_optimizer
-    from archcmp.run_config import OptimSettings
-    from archcmp.steps import split_microbatches
+    from archcmp.model.models import build_model
+    from archcmp.training.optim import make_optimizer
+    from archcmp.training.settings import OptimSettings
+    from archcmp.training.steps import split_microbatches
 
     task = make_task("addition", digits=[1, 3])
     fmt = make_formatter(arch, SEQ, SEQ if arch == "encdec" else None, objective="task",
@@ -44,8 +44,8 @@ def setup(arch: str):
 
 def train_steps(arch: str, place, *, first: int = 0, state=None, step_fn=None, save_dir=None):
     """Steps ``first+1 .. STEPS`` on ``place``; returns (losses, state, step_fn)."""
-    from archcmp.checkpoint import Checkpointer
-    from archcmp.steps import make_train_step
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.training.steps import make_train_step
 
     graphdef, params, tx, batches = setup(arch)
     if state is None:
@@ -71,7 +71,7 @@ def layout(state) -> dict:
     """path -> [global shape, spec of the param, shape of one shard, spec of Adam's mu]."""
     import jax
 
-    from archcmp.sharding import describe_shardings
+    from archcmp.distributed.sharding import describe_shardings
 
     params = state["params"]
     mu = next(s.mu for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
@@ -85,14 +85,14 @@ def layout(state) -> dict:
 
 
 def main(out_path: str) -> None:
-    from archcmp import hosts
+    from archcmp.distributed import hosts
 
     hosts.start(hosts.DeviceSettings(xla_flags=("--xla_cpu_enable_fast_math=false",)), hosts.DistributedSettings())
     import jax
 
-    from archcmp.checkpoint import Checkpointer
-    from archcmp.run_config import ConfigError
-    from archcmp.sharding import MeshSettings, make_placement
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.training.settings import ConfigError
+    from archcmp.distributed.sharding import MeshSettings, make_placement
 
     result: dict = {"n_devices": len(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS", ""), "archs": {},
                     "errors": {}}

@@ -1,14 +1,14 @@
-"""The training attention paths (archcmp.attention_impls) against the explicit one: same outputs and
+"""The training attention paths (archcmp.model.attention_impls) against the explicit one: same outputs and
 same gradients with respect to q, k, v and the bias, under causal, padded and prefix masks."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from archcmp.attention_impls import blocked_attend, fused_attend, xla_attend
-from archcmp.config import ModelConfig
-from archcmp.layers import attend
-from archcmp.models import build_model
+from archcmp.model.attention_impls import blocked_attend, fused_attend, xla_attend
+from archcmp.model.config import ModelConfig
+from archcmp.model.layers import attend
+from archcmp.model.models import build_model
 
 B, T, H, K = 2, 40, 3, 8
 

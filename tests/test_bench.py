@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 
 from archcmp import bench
-from archcmp.accounting import traced_matmul_flops
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.steps import make_train_step, split_microbatches
+from archcmp.model.accounting import traced_matmul_flops
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.steps import make_train_step, split_microbatches
 
 
 def table_rows(text: str, heading: str, first_cells: tuple[str, ...]) -> list[list[str]]:

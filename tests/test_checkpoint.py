@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from archcmp.checkpoint import (
+from archcmp.training.checkpoint import (
     Checkpointer,
     abstract_nnx_pytree,
     abstract_target,

@@ -260,7 +260,7 @@ def test_check_reports_a_stale_file_in_one_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- exporters
 def test_uniform_causal_reference_matches_closed_form():
-    from archcmp.analysis.seed_tables import uniform_causal_erank
+    from archcmp.analysis.seeds.cli import uniform_causal_erank
     # A = [[1, 0], [1/2, 1/2]]: A^T A has trace 3/2 and determinant 1/4
     lam = [(1.5 + s * math.sqrt(1.5 ** 2 - 1)) / 2 for s in (1, -1)]
     sv = [math.sqrt(v) for v in lam]
@@ -271,7 +271,7 @@ def test_uniform_causal_reference_matches_closed_form():
 
 def test_committed_rank_and_emergence_seed_tables_regenerate(tmp_path):
     """The per-seed tables the verdicts read are what the exporter makes of the committed CSVs."""
-    from archcmp.analysis import seed_tables
+    from archcmp.analysis.seeds import cli as seed_tables
     folders = {"rank": "rank", "emergence": "emergence/issue6_500steps"}  # the single-seed issue-6 sweep
     for name, folder in folders.items():
         src = REPO / "experiments" / "results" / folder
@@ -296,8 +296,8 @@ def test_fit_table_fits_each_seed_when_there_are_three():
     import numpy as np
     import pandas as pd
 
-    from archcmp.analysis import seed_tables
-    from archcmp.analysis.scaling import round_sig
+    from archcmp.analysis.seeds import cli as seed_tables
+    from archcmp.analysis.scaling.cli import round_sig
 
     N = np.geomspace(1e4, 1e7, 7)
     rows = []

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp import masks
-from archcmp.accounting import count_params
-from archcmp.config import ModelConfig
-from archcmp.layers import MLP, Block, Norm, apply_rope, relative_buckets, sinusoidal_table
-from archcmp.models import build_model
+from archcmp.model import masks
+from archcmp.model.accounting import count_params
+from archcmp.model.config import ModelConfig
+from archcmp.model.layers import MLP, Block, Norm, apply_rope, relative_buckets, sinusoidal_table
+from archcmp.model.models import build_model
 
 T = 8
 PERM = np.array([3, 0, 6, 1, 7, 2, 5, 4])  # a derangement-heavy permutation of range(8)

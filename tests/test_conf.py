@@ -3,10 +3,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from archcmp.accounting import count_params
+from archcmp.model.accounting import count_params
 from archcmp.data import make_task
-from archcmp.run_config import ConfigError, parse
-from archcmp.train import CONF_DIR, CONF_GROUPS, check_overrides
+from archcmp.training.settings import ConfigError, parse
+from archcmp.training.loop import CONF_DIR, CONF_GROUPS, check_overrides
 from hydra_cfg import compose_cfg
 
 ARCHS = ["encoder", "decoder", "prefix_lm", "encdec"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from archcmp.config import (ACTIVATIONS, ARCHS, ATTENTION_PATTERNS, NORM_POSITIONS, NORMS, POS_ENCODINGS,
+from archcmp.model.config import (ACTIVATIONS, ARCHS, ATTENTION_PATTERNS, NORM_POSITIONS, NORMS, POS_ENCODINGS,
                             ModelConfig)
 
 
@@ -139,7 +139,7 @@ def test_replace_revalidates():
 def test_config_validation_never_imports_jax():
     """Validation is pure Python: a bad config fails before anything can be traced or compiled."""
     code = ("import sys\n"
-            "from archcmp.config import ModelConfig\n"
+            "from archcmp.model.config import ModelConfig\n"
             "try:\n    ModelConfig(d_model=30, n_heads=4)\nexcept ValueError:\n    pass\n"
             "else:\n    raise SystemExit('no error')\n"
             "assert 'jax' not in sys.modules, 'config imported jax'\n")
@@ -211,7 +211,7 @@ def test_dropout_rejects_non_numbers(bad):
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
 def test_sequence_longer_than_position_table_raises_before_compiling(pos):
     import jax.numpy as jnp
-    from archcmp.models import build_model
+    from archcmp.model.models import build_model
 
     model = build_model(ModelConfig(pos_encoding=pos, max_len=8, n_layers=1, d_model=16, d_ff=32,
                                     vocab_size=32), seed=0)

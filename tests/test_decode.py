@@ -6,16 +6,16 @@ import optax
 import pytest
 from flax import nnx
 
-from archcmp.config import ModelConfig
+from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.formatters import make_formatter
 from archcmp.data.tasks import make_task
-from archcmp.decode import (DecodeConfig, answer_logprobs, choose, generate, lm_start, lm_step, mask_fill,
+from archcmp.decoding.generate import (DecodeConfig, answer_logprobs, choose, generate, lm_start, lm_step, mask_fill,
                             pad_after_eos, prompt_batch, repetition_penalty, run_lm, teacher_forced_logprobs)
-from archcmp.decode_beam import beam_search
-from archcmp.models import build_model
-from archcmp.objectives import objective_loss
+from archcmp.decoding.beam import beam_search
+from archcmp.model.models import build_model
+from archcmp.model.objectives import objective_loss
 
 V, N = 48, 8  # vocabulary, new tokens
 PROMPTS = [np.array([30, 31, 32]), np.array([33, 34, 35, 36, 37, 38]), np.array([39])]

@@ -1,12 +1,12 @@
-"""Tests for archcmp.analysis.emergence_metrics / emergence_plots (small, CPU-cheap)."""
+"""Tests for archcmp.analysis.emergence.metrics / emergence_plots (small, CPU-cheap)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from archcmp.analysis import emergence_metrics as em
-from archcmp.analysis import emergence_plots as ep
+from archcmp.analysis.emergence import metrics as em
+from archcmp.analysis.emergence import plots as ep
 from figures import assert_saved, data_lines, visible_axes
 
 
@@ -318,7 +318,7 @@ def test_plots_draw_the_data_and_save_it(tmp_path):
 
 
 def test_smoothness_table_averages_seeds_at_each_scale():
-    from archcmp.analysis.emergence_metrics import breakthroughness, smoothness_table
+    from archcmp.analysis.emergence.metrics import breakthroughness, smoothness_table
 
     params = [10, 100, 1000, 10000]
     means = np.array([0.0, 0.05, 0.1, 0.9])

@@ -3,7 +3,7 @@ the criterion separates delayed from simultaneous generalisation."""
 import numpy as np
 import pandas as pd
 
-from archcmp.analysis.grokking import criterion, delays, first_step, summarize, t_interval
+from archcmp.analysis.grokking.cli import criterion, delays, first_step, summarize, t_interval
 
 
 def _curve(run, wd, seed, t_train, t_val, steps=np.arange(0, 5001, 50)):

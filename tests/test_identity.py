@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from archcmp import identity
-from archcmp.track import read_jsonl
-from archcmp.track_wandb import offline_records
+from archcmp.training import identity
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.tracking.wandb_tracker import offline_records
 from hydra_cfg import TINY, compose_cfg
 
 TINY2 = [*TINY, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
@@ -24,7 +24,7 @@ RUN = "decoder-nano-addition-s0"
 def _cli(args, cwd, env=None, timeout=600):
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}  # None: unset
-    return subprocess.run([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -75,7 +75,7 @@ def test_same_settings_are_skipped_and_bookkeeping_keys_do_not_count(done_run):
 def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_directory(tmp_path):
     char, bpe = compose_cfg(["task=shakespeare"]), compose_cfg(["task=shakespeare_bpe"])
     assert char.run_name == "decoder-nano-shakespeare-s0" and bpe.run_name == "decoder-nano-shakespeare_bpe-s0"
-    from archcmp.train import _resolved
+    from archcmp.training.loop import _resolved
 
     identity.write(tmp_path, identity.identity_of(_resolved(char)))
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\n')  # it holds a result
@@ -87,7 +87,7 @@ def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_dire
 def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
     import yaml
 
-    from archcmp.train import _resolved
+    from archcmp.training.loop import _resolved
 
     old = _resolved(compose_cfg(["optimizer.lr=0.01"]))
     del old["train"]["overwrite"]  # a key that did not exist then is not held against the old run
@@ -111,7 +111,7 @@ def test_overwrite_moves_the_old_run_aside_and_trains_anew(tmp_path):
     new = json.loads((run_dir / "identity.json").read_text())["settings"]
     assert new["optimizer"]["lr"] == 0.01
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
-    from archcmp.analysis.runs import find_run_dirs
+    from archcmp.analysis.common.runs import find_run_dirs
 
     assert find_run_dirs(run_dir.parent) == [run_dir]  # the old run is no longer part of the folder
 
@@ -120,7 +120,7 @@ def test_overwrite_moves_the_old_run_aside_and_trains_anew(tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from archcmp.identity import RunLock
+    from archcmp.training.identity import RunLock
     RunLock(Path(sys.argv[1])).acquire()
     print("locked", flush=True)
     time.sleep(600)
@@ -192,7 +192,7 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:  # past the first checkpoint, before the 2nd
@@ -223,7 +223,7 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
 
 
 def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
-    from archcmp.track_wandb import resolve_mode
+    from archcmp.tracking.wandb_tracker import resolve_mode
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode("offline") == "disabled"
@@ -260,7 +260,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
     # no periodic checkpoint before the end: the one found afterwards is the interrupt's
     args = [*TINY, "train.steps=400", "train.checkpoint_every=400", "train.eval_every=400", "hydra.run.dir=run"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "run"
     deadline = time.monotonic() + 900

@@ -3,7 +3,7 @@ window of a constructed loss curve."""
 import numpy as np
 import pandas as pd
 
-from archcmp.analysis.induction import (copying_scores, criterion, drop_window, phase_change,
+from archcmp.analysis.induction.cli import (copying_scores, criterion, drop_window, phase_change,
                                         prefix_matching_scores, previous_token_scores)
 
 

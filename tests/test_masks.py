@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from archcmp import masks
+from archcmp.model import masks
 
 
 def _m(mask):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.config import ModelConfig
+from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
-from archcmp.decode import DecodeConfig, generate
-from archcmp.models import build_model
+from archcmp.decoding.generate import DecodeConfig, generate
+from archcmp.model.models import build_model
 
 V, T = 40, 6
 

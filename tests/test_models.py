@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.accounting import count_params, forward_flops, traced_matmul_flops
-from archcmp.config import ModelConfig
-from archcmp.models import build_model
+from archcmp.model.accounting import count_params, forward_flops, traced_matmul_flops
+from archcmp.model.config import ModelConfig
+from archcmp.model.models import build_model
 
 ARCHS = ["encoder", "decoder", "prefix_lm", "encdec"]
 

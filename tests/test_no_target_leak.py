@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.config import ModelConfig
+from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
 from archcmp.data.example import Example
 from archcmp.data.formatters import format_examples, make_formatter
 from archcmp.data.tasks import make_task
-from archcmp.models import build_model
+from archcmp.model.models import build_model
 
 T, B = 24, 2
 TASK = make_task("addition", digits=[1, 2])

@@ -15,12 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from archcmp import ensemble
-from archcmp.analysis.runs import load_runs
-from archcmp.checkpoint import Checkpointer
-from archcmp.run_config import ConfigError
-from archcmp.track import read_jsonl
-from archcmp.train import _record_failure, train
+from archcmp.training import ensemble
+from archcmp.analysis.common.runs import load_runs
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.training.settings import ConfigError
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.training.loop import _record_failure, train
 from hydra_cfg import compose_cfg
 
 SEED, K = 3, 2
@@ -121,7 +121,7 @@ def test_killed_group_resumes_bit_exactly(tmp_path):
     args = [*BASE, "train.steps=60", "train.checkpoint_every=10", "train.eval_every=30", "train.log_every=5",
             f"seed={SEED}", f"train.num_seeds={K}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args, "hydra.run.dir=killed"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = [f"decoder-nano-addition-s{s}" for s in (SEED, SEED + 1)]
     first_ckpt = tmp_path / "killed" / names[-1] / "checkpoints" / "10"
@@ -133,7 +133,7 @@ def test_killed_group_resumes_bit_exactly(tmp_path):
     summaries = [tmp_path / "killed" / n / "summary.json" for n in names]
     assert not all(p.exists() and json.loads(p.read_text())["status"] == "complete" for p in summaries), "too late"
 
-    resumed = subprocess.run([sys.executable, "-m", "archcmp.train", *args, "hydra.run.dir=killed"], cwd=tmp_path,
+    resumed = subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     full = train(compose_cfg(args), tmp_path / "full")
@@ -192,7 +192,7 @@ def test_a_group_failing_before_its_first_step_records_it_in_every_member(tmp_pa
 
 
 def test_each_member_keeps_its_identity_and_other_settings_are_refused(runs, tmp_path):
-    from archcmp.identity import RunRefused
+    from archcmp.training.identity import RunRefused
 
     root, group, plain = runs
     gdir = tmp_path / "group"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.accounting import count_params, forward_flops, traced_matmul_flops
-from archcmp.config import ModelConfig
+from archcmp.model.accounting import count_params, forward_flops, traced_matmul_flops
+from archcmp.model.config import ModelConfig
 from archcmp.data import FullBatchIterator, make_formatter, make_task, vocab
-from archcmp.models import build_model
+from archcmp.model.models import build_model
 
 from test_models import ARCHS, make_batch
 

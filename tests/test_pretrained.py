@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from archcmp import attention, hidden_states, load_pretrained, logits
-from archcmp.accounting import count_params
-from archcmp.pretrained import CheckpointError
+from archcmp.model.accounting import count_params
+from archcmp.loading.pretrained import CheckpointError
 
 GOLDENS = Path(__file__).parent / "goldens" / "pretrained"
 FAMILIES = ("gpt2", "bert", "llama", "t5", "t5_gated")
@@ -162,8 +162,8 @@ def test_default_models_unchanged_from_main():
     import jax
     from flax import nnx
 
-    from archcmp.config import ModelConfig
-    from archcmp.models import build_model
+    from archcmp.model.config import ModelConfig
+    from archcmp.model.models import build_model
 
     recorded = json.loads((GOLDENS.parent / "param_trees_main.json").read_text())
     for name, rec in recorded.items():

@@ -1,4 +1,4 @@
-"""Tests for archcmp.analysis.rank (attention rank / conditioning metrics)."""
+"""Tests for archcmp.analysis.rank.metrics (attention rank / conditioning metrics)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 
 from figures import assert_saved, data_lines, visible_axes
 
-from archcmp.analysis import rank
-from archcmp.analysis.rank import (
+from archcmp.analysis.rank import metrics as rank
+from archcmp.analysis.rank.metrics import (
     attention_block_metrics, causal_softmax, condition_number, effective_rank, logdet_exact_triangular,
     logdet_generic, matrix_metrics, numerical_rank, rank_collapse_by_segment, rank_collapse_residual,
     stable_rank, tol_f32, tol_f64,

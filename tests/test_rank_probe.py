@@ -1,4 +1,4 @@
-"""The attention-rank probe: capture (archcmp.analysis.capture) and `archcmp-analyze rank`."""
+"""The attention-rank probe: capture (archcmp.analysis.common.capture) and `archcmp-analyze rank`."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,11 @@ from flax import nnx
 
 from figures import png_pixels
 
-from archcmp.analysis import capture as C
-from archcmp.analysis.rank import extract_blocks
-from archcmp.config import ModelConfig
+from archcmp.analysis.common import capture as C
+from archcmp.analysis.rank.metrics import extract_blocks
+from archcmp.model.config import ModelConfig
 from archcmp.data import eval_batches, make_task
-from archcmp.models import build_model
+from archcmp.model.models import build_model
 
 ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
 T = 32
@@ -169,7 +169,7 @@ def tiny_run(tiny_runs):  # the session's shared tiny prefix_lm run (tests/conft
 
 def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
     from archcmp.analysis.cli import main
-    from archcmp.run_loading import read_run, saved_steps
+    from archcmp.loading.run import read_run, saved_steps
 
     steps = saved_steps(read_run(tiny_run))
     assert steps == [2, 4]
@@ -206,8 +206,8 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
 
 def test_restore_matches_generic_checkpoint(tiny_run):
     """The typed restore (abstract target from nnx.split + optimizer shape) gives the saved parameters."""
-    from archcmp.checkpoint import Checkpointer
-    from archcmp.run_loading import _strip_value, read_run, restore_params
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.loading.run import _strip_value, read_run, restore_params
 
     run = read_run(tiny_run)
     _, state = nnx.split(build_model(run.model_cfg, run.summary["seed"]))
@@ -258,8 +258,8 @@ def test_load_run_matches_the_probe_restore(tiny_run):
     """load_run gives the checkpoint's parameters (== the probe's typed restore), and attention /
     hidden_states cut each text's own block: causal rows, prefix columns, rows summing to one."""
     from archcmp import attention, hidden_states, load_run
-    from archcmp.checkpoint import Checkpointer
-    from archcmp.run_loading import read_run, restore_params
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.loading.run import read_run, restore_params
 
     run = read_run(tiny_run)
     _, state = nnx.split(build_model(run.model_cfg, run.summary["seed"]))

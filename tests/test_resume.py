@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from archcmp.checkpoint import Checkpointer
-from archcmp.track import read_jsonl
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.tracking.tracker import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def _env():
 
 
 def _train(run_dir, cwd):
-    done = subprocess.run([sys.executable, "-m", "archcmp.train", *ARGS, f"hydra.run.dir={run_dir}"], cwd=cwd,
+    done = subprocess.run([sys.executable, "-m", "archcmp.training.loop", *ARGS, f"hydra.run.dir={run_dir}"], cwd=cwd,
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -48,7 +48,7 @@ def _losses(run_dir):
 def test_killed_run_with_dropout_and_grad_accum_resumes_exactly(tmp_path):
     _train("full", tmp_path)
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *ARGS, "hydra.run.dir=killed"], cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *ARGS, "hydra.run.dir=killed"], cwd=tmp_path,
                                 env=_env(), stdout=log, stderr=subprocess.STDOUT)
         first_ckpt = tmp_path / "killed" / "checkpoints" / "10"
         deadline = time.monotonic() + 300

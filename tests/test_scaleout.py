@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 import scaleout_worker as worker
-from archcmp import hosts
-from archcmp.run_config import ConfigError, parse
-from archcmp.sharding import DEFAULT_RULES, MeshSettings, parse_mesh, partition_spec
-from archcmp.track import read_jsonl
-from archcmp.train import train
+from archcmp.distributed import hosts
+from archcmp.training.settings import ConfigError, parse
+from archcmp.distributed.sharding import DEFAULT_RULES, MeshSettings, parse_mesh, partition_spec
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.training.loop import train
 from hydra_cfg import compose_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def jobs(tmp_path_factory):
     started = {"worker": Job([str(ROOT / "tests" / "scaleout_worker.py"), str(tmp / "worker.json")], tmp, 8)}
     for pid in (0, 1):
         started[f"host{pid}"] = Job(
-            ["-m", "archcmp.train", *RUN, f"distributed.coordinator_address=127.0.0.1:{port}",
+            ["-m", "archcmp.training.loop", *RUN, f"distributed.coordinator_address=127.0.0.1:{port}",
              "distributed.num_processes=2", f"distributed.process_id={pid}", "hydra.run.dir=multihost"], tmp, 4)
     yield tmp, started
     for job in started.values():
@@ -94,7 +94,7 @@ def _rel(a, b):
 # ---- mesh runs against one device ----------------------------------------------------------------
 @pytest.mark.slow
 def test_data_parallel_and_fsdp_match_one_device_for_every_arch(worker_result):
-    from archcmp.sharding import Placement
+    from archcmp.distributed.sharding import Placement
 
     assert worker_result["n_devices"] == 8
     for arch in worker.ARCHS:
@@ -182,9 +182,9 @@ def test_every_parameter_has_one_logical_name_per_dim():
     import jax
     from flax import nnx
 
-    from archcmp.config import ModelConfig
-    from archcmp.models import build_model
-    from archcmp.sharding import LOGICAL_AXES, logical_names
+    from archcmp.model.config import ModelConfig
+    from archcmp.model.models import build_model
+    from archcmp.distributed.sharding import LOGICAL_AXES, logical_names
 
     for arch in worker.ARCHS:
         cfg = ModelConfig(arch=arch, vocab_size=40, d_model=16, n_heads=2, d_ff=32, max_len=16,
@@ -260,7 +260,7 @@ def test_joblib_job_pins_every_thread_of_its_process(tmp_path):
     code = (
         "import os, json, jax, jax.numpy as jnp\n"
         "jnp.ones((64, 64)).dot(jnp.ones((64, 64))).block_until_ready()\n"
-        "from archcmp.train import _set_cpu_threads\n"
+        "from archcmp.training.loop import _set_cpu_threads\n"
         f"_set_cpu_threads(2, {str(tmp_path)!r})\n"
         "tids = os.listdir('/proc/self/task')\n"
         "print(json.dumps({'threads': len(tids), 'cores': sorted({tuple(sorted(os.sched_getaffinity(int(t)))) "
@@ -276,7 +276,7 @@ def test_joblib_job_pins_every_thread_of_its_process(tmp_path):
 
 HUGE_PAGES_PROBE = """
 import os, sys
-from archcmp.hosts import use_huge_pages
+from archcmp.distributed.hosts import use_huge_pages
 print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
 use_huge_pages()
 print("run", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)

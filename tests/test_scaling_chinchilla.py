@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archcmp.analysis import scaling_fit as sf
+from archcmp.analysis.scaling import fit as sf
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_extracted.csv"  # see tests/data/README.md
 PUBLISHED = {"E": 1.82, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}

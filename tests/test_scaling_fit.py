@@ -1,11 +1,11 @@
-"""Synthetic recovery tests for archcmp.analysis.scaling_fit (known truth, seeded noise)."""
+"""Synthetic recovery tests for archcmp.analysis.scaling.fit (known truth, seeded noise)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from archcmp.analysis import scaling_fit as sf
+from archcmp.analysis.scaling import fit as sf
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
 

@@ -10,8 +10,8 @@ import pytest
 
 from figures import png_pixels
 
-from archcmp.analysis import scaling
-from archcmp.analysis.runs import FingerprintWarning, load_runs
+from archcmp.analysis.scaling import cli as scaling
+from archcmp.analysis.common.runs import FingerprintWarning, load_runs
 
 LAWS = {  # arch -> (E, A, B, alpha, beta); distinct so the table can tell them apart
     "decoder": (1.5, 60.0, 300.0, 0.30, 0.32),
@@ -176,10 +176,10 @@ def test_frontier_bootstrap_gives_a_gamma_interval_around_the_point_fit(tmp_path
 
 
 def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(tmp_path, monkeypatch):
-    # the shared --wandb options (archcmp.analysis.wandb_log): one offline run with the table and plots
+    # the shared --wandb options (archcmp.analysis.common.wandb_log): one offline run with the table and plots
     import time
 
-    from archcmp.track_wandb import offline_records
+    from archcmp.tracking.wandb_tracker import offline_records
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     root = make_sweep(tmp_path / "sweep")

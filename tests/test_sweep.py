@@ -11,7 +11,7 @@ import pytest
 
 from hydra_cfg import TINY
 
-from archcmp.sweep import config_error_messages
+from archcmp.training.sweep import config_error_messages
 
 SWEEP = ["-m", "arch=decoder", "seed=0,1,2", "experiment_name=sw", *TINY, "train.steps=40",
          "train.checkpoint_every=5"]
@@ -22,7 +22,7 @@ def _launch(args, cwd, log=None):
     is polled, not waited on, must not write into a pipe nobody reads (a full pipe would block it)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out, err = (subprocess.PIPE, subprocess.PIPE) if log is None else (log, subprocess.STDOUT)
-    return subprocess.Popen([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=env,
                             stdout=out, stderr=err, text=True)
 
 

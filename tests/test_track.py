@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archcmp import track
+from archcmp.tracking import tracker as track
 from wandb_files import _key, _read_wandb_records
-from archcmp.track import (
+from archcmp.tracking.tracker import (
     JsonlTracker,
     MultiTracker,
     NullTracker,
@@ -18,7 +18,7 @@ from archcmp.track import (
     make_tracker,
     read_jsonl,
 )
-from archcmp.track_wandb import WandbTracker
+from archcmp.tracking.wandb_tracker import WandbTracker
 
 
 # ------------------------------------------------------------------------------------------ jsonl

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from archcmp.checkpoint import Checkpointer
-from archcmp.config import ModelConfig
+from archcmp.training.checkpoint import Checkpointer
+from archcmp.model.config import ModelConfig
 from archcmp.data import BatchIterator, make_formatter, make_task
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.run_config import OptimSettings
-from archcmp.steps import make_train_step, split_microbatches
-from archcmp.track import read_jsonl
-from archcmp.train import train
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.settings import OptimSettings
+from archcmp.training.steps import make_train_step, split_microbatches
+from archcmp.tracking.tracker import read_jsonl
+from archcmp.training.loop import train
 from hydra_cfg import TINY, compose_cfg
 from wandb_files import offline_history, offline_summary
 
@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 # ---- subprocess tests: the real command line -------------------------------------------------
 def _cli(args, cwd, **kw):
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "archcmp.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "archcmp.training.loop", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -184,7 +184,7 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     assert full.returncode == 0, full.stderr[-2000:]
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "archcmp.train", *args, "hydra.run.dir=killed"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "archcmp.training.loop", *args, "hydra.run.dir=killed"], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_ckpt = tmp_path / "killed" / "checkpoints" / "10"
     deadline = time.monotonic() + 300

@@ -9,12 +9,12 @@ import importlib
 import sys
 
 PROBES = {
-    "scaling": "archcmp.analysis.scaling",
-    "rank": "archcmp.analysis.rank_cli",
-    "emergence": "archcmp.analysis.emergence",
-    "grokking": "archcmp.analysis.grokking",
-    "induction": "archcmp.analysis.induction",
-    "seeds": "archcmp.analysis.seed_tables",
+    "scaling": "archcmp.analysis.scaling.cli",
+    "rank": "archcmp.analysis.rank.cli",
+    "emergence": "archcmp.analysis.emergence.cli",
+    "grokking": "archcmp.analysis.grokking.cli",
+    "induction": "archcmp.analysis.induction.cli",
+    "seeds": "archcmp.analysis.seeds.cli",
 }
 
 

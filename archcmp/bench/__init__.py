@@ -8,7 +8,7 @@ is a median over the rounds. Sections (``--sections``):
   mfu      dense float32 matmul peak of this machine (jnp and torch, best of both)
   train    training step (forward + backward + AdamW) tokens/s and peak memory: archcmp vs HF
            eager vs HF ``torch.compile``; archcmp's model FLOPs utilisation (exact FLOP count
-           from :mod:`archcmp.accounting` over the measured matmul peak)
+           from :mod:`archcmp.model.accounting` over the measured matmul peak)
   compile  lower + XLA compile time of the training step at 2/12/24 layers, scan on and off
   decode   greedy decoding of 256 new tokens with and without the KV cache
   ensemble k=8 ~100k-parameter models in one vmapped step (``train.num_seeds``) vs the same 8 one
@@ -118,7 +118,7 @@ def run(plan: Plan, out: Path | None, command: str = "archcmp-bench") -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``archcmp-bench``)."""
-    from archcmp.hosts import use_huge_pages
+    from archcmp.distributed.hosts import use_huge_pages
 
     use_huge_pages()  # the same process set-up as archcmp-train (all variants share it)
     run_cli(argv)

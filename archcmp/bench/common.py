@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from archcmp.config import ModelConfig
+from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
-from archcmp.run_config import OptimSettings
+from archcmp.training.settings import OptimSettings
 
 ARCHS = ("encoder", "decoder", "prefix_lm", "encdec")
 SECTIONS = ("mfu", "train", "compile", "decode", "ensemble")

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from archcmp.accounting import count_params
+from archcmp.model.accounting import count_params
 from archcmp.bench.common import RSS, Plan, bench_optim, log, make_batch, model_config
 from archcmp.data import vocab
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.steps import make_train_step, split_microbatches
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.steps import make_train_step, split_microbatches
 
 
 def compile_cell(arch: str, n_layers: int, scan: bool, plan: Plan) -> dict[str, float]:
@@ -68,7 +68,7 @@ def _zero_eos(model) -> None:
 
 
 def decode_section(plan: Plan, rss: RSS) -> list[dict]:
-    from archcmp.decode import DecodeConfig, run_lm
+    from archcmp.decoding.generate import DecodeConfig, run_lm
 
     rows = []
     P, N, B = plan.decode_prompt, plan.decode_new, plan.decode_batch

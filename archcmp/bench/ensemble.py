@@ -1,5 +1,5 @@
 """archcmp-bench section ``ensemble``: k small models trained in one vmapped step
-(``train.num_seeds=k``, :mod:`archcmp.ensemble`) against the same k models trained one after another.
+(``train.num_seeds=k``, :mod:`archcmp.training.ensemble`) against the same k models trained one after another.
 
 Both variants hold the same k states (seeds 0..k-1) and the same k batches (one per model) and
 run the project's real training step: ``steps.make_stacked_train_step`` (one call per step for all
@@ -20,10 +20,10 @@ import numpy as np
 from flax import nnx
 
 from archcmp.bench import common
-from archcmp.ensemble import stack
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.steps import make_stacked_train_step, make_train_step, split_microbatches
+from archcmp.training.ensemble import stack
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.steps import make_stacked_train_step, make_train_step, split_microbatches
 
 
 def _states(cfg, k: int):

@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archcmp.accounting import count_params, train_flops_per_row
+from archcmp.model.accounting import count_params, train_flops_per_row
 from archcmp.bench.common import (HF_MODEL, INSTALL_HINT, RSS, Plan, alternate, bench_optim, log, make_batch,
                                   model_config, tokens_per_row)
-from archcmp.config import ModelConfig
+from archcmp.model.config import ModelConfig
 from archcmp.data import vocab
-from archcmp.models import build_model
-from archcmp.optim import make_optimizer
-from archcmp.steps import make_train_step, split_microbatches
+from archcmp.model.models import build_model
+from archcmp.training.optim import make_optimizer
+from archcmp.training.steps import make_train_step, split_microbatches
 
 # ---- our training step ---------------------------------------------------------------------------
 class OursTrainer:

@@ -1,0 +1,1 @@
+"""What several probes share: capturing attention and hidden states, loading run tables, the ``--wandb`` options."""

@@ -1,0 +1,1 @@
+"""The emergence probe (``archcmp-analyze emergence``)."""

@@ -1,0 +1,1 @@
+"""The grokking probe (``archcmp-analyze grokking``)."""

@@ -1,0 +1,1 @@
+"""The induction-head probe (``archcmp-analyze induction``)."""

@@ -1,0 +1,311 @@
+"""``archcmp-analyze induction PATH [PATH...]``: the induction-head phase change (Olsson et al. 2022).
+
+For every run under the PATHs (trained on ``task=induction``: a random segment, then its repeat)
+and every saved checkpoint, on the same fixed validation sequences (one per row, no packing):
+
+* ``first_loss`` / ``repeat_loss``: mean next-token cross-entropy on the first occurrence of the
+  segment (tokens 2..L, unpredictable: ln n_symbols at best) and on its repeat (tokens 2..L of the
+  repeat, predictable from the context). The first token of each occurrence is left out (nothing
+  earlier points at it). ``icl_score`` = repeat_loss - first_loss: loss late in the context minus
+  loss early (negative = the context is used).
+* per head: ``prefix_matching`` (:func:`prefix_matching_scores`), ``previous_token``
+  (attention to the immediately preceding position) and ``copying`` (:func:`copying_scores`).
+
+Phase change (:func:`phase_change`): the repeat loss's 10%-to-90% drop window, measured from
+ln(n_symbols) (the loss without context) to its last value; the step at which the
+best last-layer head's prefix-matching score first reaches ``--pm-threshold`` (default 0.5).
+The pre-set criterion (:func:`criterion`): on every seed the repeat loss falls by at least half of
+ln(n_symbols), its 10-90% window is at most ``--max-window`` (default 0.5) of the step at which it
+ends, and the prefix-matching step lies in that window (widened by one checkpoint interval).
+
+Writes ``per_step.csv`` (loss metrics per run and step), ``heads.csv`` (per run, step, layer,
+head), ``phase.csv``, ``criterion_measured.json``, ``table.md``, ``losses.png`` and ``heads.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from archcmp.analysis.emergence.plots import markdown_table
+
+
+# ----------------------------------------------------------------------------- head scores
+def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-head prefix-matching score.  attn [B, H, T, T] (query, key), tokens [B, T], valid [B, T].
+
+    For a query at position q, the *induction targets* are the earlier positions k <= q whose
+    preceding token equals the query's token (tokens[k-1] == tokens[q], k-1 < q): where an
+    induction head looks, so that it can copy tokens[k]. The score is the attention mass on those
+    targets, averaged over the valid queries that have at least one. A perfect induction head
+    scores 1; a head attending uniformly scores about (#targets / #visible keys). -> [H]
+    """
+    attn, tokens, valid = np.asarray(attn, np.float64), np.asarray(tokens), np.asarray(valid, bool)
+    B, H, T, _ = attn.shape
+    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
+    prev = np.concatenate([np.full((B, 1), -1), tokens[:, :-1]], axis=1)  # token before each key
+    target = (prev[:, None, :] == tokens[:, :, None]) & (k >= 1) & (k <= q)  # [B, Tq, Tk]
+    target &= valid[:, :, None] & valid[:, None, :]
+    has = target.any(-1)  # [B, Tq]
+    mass = np.einsum("bhqk,bqk->bhq", attn, target.astype(np.float64))  # [B, H, Tq]
+    n = has.sum()
+    return (mass * has[:, None, :]).sum(axis=(0, 2)) / max(n, 1)
+
+
+def previous_token_scores(attn: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-head mean attention from each valid query (position >= 1) to the position before. -> [H]"""
+    attn, valid = np.asarray(attn, np.float64), np.asarray(valid, bool)
+    diag = np.diagonal(attn, offset=-1, axis1=2, axis2=3)  # [B, H, T-1]: query t+1 -> key t
+    keep = valid[:, 1:] & valid[:, :-1]
+    return (diag * keep[:, None, :]).sum(axis=(0, 2)) / max(keep.sum(), 1)
+
+
+def copying_scores(ov: np.ndarray) -> np.ndarray:
+    """Per-head copying score of OV circuits ``ov`` [H, N, N] (token -> logit, restricted to the
+    task's N symbols): sum of the positive real parts of the eigenvalues over the sum of their
+    absolute values (Elhage et al. 2021). Identity-like (copying) -> 1; a random matrix -> ~0. -> [H]"""
+    out = []
+    for m in np.asarray(ov, np.float64):
+        ev = np.linalg.eigvals(m)
+        out.append(float(np.clip(ev.real, 0, None).sum() / max(np.abs(ev).sum(), 1e-30)))
+    return np.array(out)
+
+
+def ov_circuits(params: dict, symbol_ids: np.ndarray) -> np.ndarray:
+    """OV circuits of every self-attention head, ``E W_V W_O E^T`` on the symbols' embeddings
+    (tied embeddings; norms left out). -> [L, H, N, N]"""
+    emb = np.asarray(params["embed"]["table"])[symbol_ids]  # [N, D]
+    qkv = np.asarray(params["stack"]["blocks"]["self_attn"]["qkv"])  # [L, D, 3, H, K]
+    out = np.asarray(params["stack"]["blocks"]["self_attn"]["out"])  # [L, H, K, D]
+    v = np.einsum("nd,ldhk->lhnk", emb, qkv[:, :, 2])
+    return np.einsum("lhnk,lhkd,md->lhnm", v, out, emb)
+
+
+# ----------------------------------------------------------------------------- curves
+def drop_window(steps, loss, start: float | None = None) -> dict:
+    """The 10%-90% window of a falling curve: the first steps at which ``loss`` has covered 10% and
+    90% of its fall from ``start`` (default its first value) to its last value."""
+    steps, loss = np.asarray(steps, float), np.asarray(loss, float)
+    l0 = loss[0] if start is None else float(start)
+    drop = l0 - loss[-1]
+    if not drop > 0:
+        return {"drop": float(drop), "t10": np.nan, "t90": np.nan, "window": np.nan}
+    hit10 = np.flatnonzero(loss <= l0 - 0.1 * drop)
+    hit90 = np.flatnonzero(loss <= l0 - 0.9 * drop)
+    t10, t90 = float(steps[hit10[0]]), float(steps[hit90[0]])
+    return {"drop": float(drop), "t10": t10, "t90": t90, "window": t90 - t10}
+
+
+def first_reach(steps, values, threshold: float) -> float:
+    hit = np.flatnonzero(np.asarray(values) >= threshold)
+    return float(np.asarray(steps)[hit[0]]) if hit.size else np.nan
+
+
+def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: float = 0.5) -> pd.DataFrame:
+    """Per run: the repeat-loss drop window and the step the best last-layer head's prefix-matching
+    score first reaches ``pm_threshold``."""
+    rows = []
+    for run, g in per_step.groupby("run", sort=False):
+        g = g.sort_values("step")
+        # the fall is measured from ln(n_symbols), the loss of a model that ignores the context
+        # (the first ~50 steps bring the loss down from the initial logits to that level)
+        w = drop_window(g["step"], g["repeat_loss"], start=float(np.log(g["n_symbols"].iloc[0])))
+        h = heads[(heads["run"] == run)]
+        last = h[h["layer"] == h["layer"].max()].groupby("step")["prefix_matching"].max().sort_index()
+        interval = float(np.median(np.diff(g["step"]))) if len(g) > 1 else np.nan
+        rows.append({"run": run, "arch": g["arch"].iloc[0], "seed": int(g["seed"].iloc[0]),
+                     "n_symbols": int(g["n_symbols"].iloc[0]), **w, "interval": interval,
+                     "pm_step": first_reach(last.index, last.values, pm_threshold),
+                     "final_pm": float(last.iloc[-1]) if len(last) else np.nan,
+                     "final_repeat_loss": float(g["repeat_loss"].iloc[-1]),
+                     "final_first_loss": float(g["first_loss"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def criterion(phase: pd.DataFrame, max_window: float = 0.5) -> dict:
+    """Every seed: the repeat loss falls by >= ln(n_symbols)/2, within a 10-90% window no longer
+    than ``max_window`` x its end step, and the prefix-matching step lies in that window +- one
+    checkpoint interval."""
+    per = []
+    for _, r in phase.iterrows():
+        big = bool(r["drop"] >= 0.5 * np.log(r["n_symbols"]))
+        sharp = bool(np.isfinite(r["window"]) and r["window"] <= max_window * r["t90"])
+        together = bool(np.isfinite(r["pm_step"]) and np.isfinite(r["t10"])
+                        and r["t10"] - r["interval"] <= r["pm_step"] <= r["t90"] + r["interval"])
+        per.append({"run": r["run"], "arch": r["arch"], "seed": int(r["seed"]), "drop": float(r["drop"]),
+                    "t10": r["t10"], "t90": r["t90"], "pm_step": r["pm_step"], "large_drop": big,
+                    "sharp": sharp, "same_step_as_prefix_matching": together, "met": big and sharp and together})
+    return {"met": bool(per) and all(p["met"] for p in per), "n_seeds": len(per), "runs": per}
+
+
+# ----------------------------------------------------------------------------- per run
+def probe_set(run, tasks, examples: int):
+    """(batch, first-occurrence mask, repeat mask, symbol ids): ``examples`` validation sequences,
+    one per row, in the run's own layout."""
+    from archcmp.data import eval_batches
+
+    tcfg = run.config["task"]
+    params = dict(tcfg.get("params") or {})
+    task = tasks.get(tcfg["name"], params)
+    T = int(tcfg["seq_len"])
+    batches, exs = eval_batches(task, "validation", run.arch, T, examples, examples, seed=0, packing=False)
+    batch = batches[0]
+    first = np.zeros(batch["inputs"].shape, bool)
+    repeat = np.zeros_like(first)
+    for i, ex in enumerate(exs):
+        if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
+            n, start = len(ex.inputs), 1
+        else:  # prompt='none': BOS SEP x(2..L+1) x(L+2..2L+1) EOS
+            n, start = (len(ex.targets) - 1) // 2, 2
+        first[i, start:start + n - 1] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
+        repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
+    symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
+    return batch, first, repeat, symbols, task
+
+
+def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]]:
+    import jax
+    from flax import nnx
+
+    from archcmp.analysis.rank.cli import checkpoint_steps, restore_state
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.model.models import build_model
+    from archcmp.model.objectives import token_losses
+
+    if run.arch != "decoder":
+        raise ValueError(f"{run.run_dir}: induction analysis reads the decoder layout; arch={run.arch!r}")
+    batch, first, repeat, symbols, task = probe_set(run, tasks, examples)
+    model = build_model(run.model_cfg, int(run.summary.get("seed", 0)))
+    graphdef, init_state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, b):
+        logits, extras = nnx.merge(graphdef, state)(b, return_attention=True)
+        return token_losses(logits, b["targets"]), extras["self"]
+
+    mb = {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions", "targets")}
+    valid = batch["segment_ids"] > 0
+    steps = [0] + checkpoint_steps(run)
+    ck = Checkpointer(run.run_dir / "checkpoints", keep=None)
+    base = {"run": run.name, "arch": run.arch, "seed": int(run.summary.get("seed", 0)),
+            "n_symbols": int(getattr(task, "n_symbols", len(symbols)))}
+    per_step, heads = [], []
+    try:
+        for step in steps:
+            state = init_state if step == 0 else restore_state(ck, run, step, init_state)
+            losses, attn = forward(state, mb)
+            losses, attn = np.asarray(losses), np.asarray(attn)  # [B, T], [L, B, H, T, T]
+            fl, rl = float(losses[first].mean()), float(losses[repeat].mean())
+            per_step.append({**base, "step": step, "first_loss": fl, "repeat_loss": rl, "icl_score": rl - fl})
+            cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols)])
+            for layer in range(attn.shape[0]):
+                pm = prefix_matching_scores(attn[layer], batch["inputs"], valid)
+                pt = previous_token_scores(attn[layer], valid)
+                for h in range(attn.shape[2]):
+                    heads.append({**base, "step": step, "layer": layer + 1, "head": h, "prefix_matching": pm[h],
+                                  "previous_token": pt[h], "copying": cop[layer, h]})
+    finally:
+        ck.close()
+    return per_step, heads
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_losses(per_step: pd.DataFrame, phase: pd.DataFrame, out: Path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (run, g) in enumerate(per_step.groupby("run", sort=False)):
+        g = g[g["step"] > 0]
+        ax1.plot(g["step"], g["first_loss"], color=f"C{i}", ls="--", alpha=0.8, label=f"{run}: first occurrence")
+        ax1.plot(g["step"], g["repeat_loss"], color=f"C{i}", alpha=0.9, label=f"{run}: repeat")
+        ax2.plot(g["step"], g["icl_score"], color=f"C{i}", label=run)
+        r = phase[phase["run"] == run]
+        if len(r) and np.isfinite(r["t10"].iloc[0]):
+            ax1.axvspan(r["t10"].iloc[0], r["t90"].iloc[0], color=f"C{i}", alpha=0.08)
+    ax1.set_ylabel("cross-entropy (nats/token)")
+    ax1.set_title("loss on the first vs the repeated occurrence (shaded: 10-90% drop)", fontsize=9)
+    ax2.set_ylabel("repeat loss - first loss (nats)")
+    ax2.set_title("in-context learning score", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=6)
+    fig.savefig(out, dpi=120)
+
+
+def plot_heads(heads: pd.DataFrame, out: Path):
+    from matplotlib.figure import Figure
+
+    runs = list(dict.fromkeys(heads["run"]))
+    scores = ("prefix_matching", "copying", "previous_token")
+    fig = Figure(figsize=(12, 3.0 * len(runs)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), 3, squeeze=False))
+    for row, run in zip(axes, runs):
+        g = heads[(heads["run"] == run) & (heads["step"] > 0)]
+        for (layer, head), gh in g.groupby(["layer", "head"]):
+            for ax, s in zip(row, scores):
+                ax.plot(gh["step"], gh[s], ls="-" if layer == g["layer"].max() else ":", color=f"C{head}",
+                        label=f"L{layer}H{head}")
+        for ax, s in zip(row, scores):
+            ax.set_title(f"{run}: {s.replace('_', ' ')}", fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=6, ncol=2)
+    fig.savefig(out, dpi=110)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archcmp-analyze induction", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/induction)")
+    p.add_argument("--examples", type=int, default=128, help="validation sequences scored per checkpoint")
+    p.add_argument("--pm-threshold", type=float, default=0.5, help="prefix-matching score that counts as formed")
+    p.add_argument("--max-window", type=float, default=0.5, help="longest 10-90%% window, as a fraction of its end step")
+    return p
+
+
+def run_cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from archcmp.analysis.emergence.cli import locate_runs
+    from archcmp.analysis.rank.cli import TaskCache, load_run
+    from archcmp.training.loop import _quiet_libraries
+
+    _quiet_libraries()
+    try:
+        run_dirs = locate_runs(args.paths)
+    except FileNotFoundError as err:
+        print(f"induction: error: {err}", file=sys.stderr)
+        return 2
+    tasks, per_step, heads = TaskCache(), [], []
+    for d in run_dirs:
+        ps, hs = analyze_run(load_run(d), tasks, args.examples)
+        per_step += ps
+        heads += hs
+        print(f"induction: {d.name}: {len(ps)} checkpoints", file=sys.stderr)
+    per_step, heads = pd.DataFrame(per_step), pd.DataFrame(heads)
+    out = args.out or (args.paths[0] / "analysis" / "induction")
+    out.mkdir(parents=True, exist_ok=True)
+    per_step.to_csv(out / "per_step.csv", index=False, float_format="%.6g")
+    heads.to_csv(out / "heads.csv", index=False, float_format="%.6g")
+    phase = phase_change(per_step, heads, args.pm_threshold)
+    phase.to_csv(out / "phase.csv", index=False, float_format="%.6g")
+    verdict = criterion(phase, args.max_window)
+    (out / "criterion_measured.json").write_text(json.dumps(verdict, indent=1, default=float))
+    plot_losses(per_step, phase, out / "losses.png")
+    plot_heads(heads, out / "heads.png")
+    final = heads[heads["step"] == heads.groupby("run")["step"].transform("max")]
+    text = ["# Induction heads", "", f"Command: `archcmp-analyze induction {' '.join(map(str, argv))}`", "",
+            "## Phase change per run", "", markdown_table(phase, index=False, floatfmt=".4g"), "",
+            "## Heads at the last checkpoint", "",
+            markdown_table(final.drop(columns=["arch", "n_symbols"]), index=False, floatfmt=".3g"), "",
+            f"Criterion met: **{verdict['met']}**", ""]
+    (out / "table.md").write_text("\n".join(text))
+    print(f"induction: {len(phase)} runs; criterion met: {verdict['met']}; wrote {out}/table.md")
+    return 0

@@ -1,0 +1,1 @@
+"""The attention-rank probe (``archcmp-analyze rank``)."""

@@ -1,0 +1,1 @@
+"""The scaling-law probe (``archcmp-analyze scaling``)."""

@@ -1,0 +1,1 @@
+"""Per-seed evidence tables for the claims engine (``archcmp-analyze seeds``)."""

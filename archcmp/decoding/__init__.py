@@ -1,0 +1,1 @@
+"""Generation for all four architectures: greedy, sampling and beam search, with or without the KV cache."""

@@ -1,0 +1,1 @@
+"""Processes, devices and array placement: device presets, ``jax.distributed``, CPU shares, mesh and sharding rules."""

@@ -1,0 +1,154 @@
+"""Load a training run of ours: its config, model parameters at a saved step, and task tokenizer.
+
+A run directory (``archcmp-train`` output) holds ``summary.json`` (model config, seed),
+``.hydra/config.yaml`` (task, optimizer) and ``checkpoints/<step>/``. :func:`load_run` returns a
+:class:`~archcmp.loading.loaded.Loaded`; :func:`read_run` and :func:`restore_params` are the pieces the
+probe CLIs use to walk every checkpoint of a run with one compiled model.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archcmp.model.config import ModelConfig
+from archcmp.loading.loaded import Loaded
+
+
+@dataclass
+class RunInfo:
+    """What a run directory says about itself."""
+
+    run_dir: Path
+    summary: dict
+    config: dict     # resolved .hydra/config.yaml
+    model_cfg: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("run_name") or self.run_dir.name)
+
+    @property
+    def arch(self) -> str:
+        return self.model_cfg.arch
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", 0))
+
+    @property
+    def heads_tag(self) -> str:
+        return f"h{self.model_cfg.n_heads}x{self.model_cfg.head_size}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} {self.summary.get('size', '?')} {self.heads_tag}"
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """``summary.json`` + ``.hydra/config.yaml`` of a run (no arrays loaded)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path}: missing (not a run directory of archcmp-train)")
+    summary = json.loads(summary_path.read_text())
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: missing (the task parameters are read from it)")
+    config = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    return RunInfo(run_dir, summary, config, ModelConfig(**summary["model"]))
+
+
+def saved_steps(run: RunInfo) -> list[int]:
+    """Checkpoint steps on disk, ascending ([] when the run saved none)."""
+    from archcmp.training.checkpoint import Checkpointer
+
+    d = run.run_dir / "checkpoints"
+    if not d.is_dir():
+        return []
+    ck = Checkpointer(d, keep=None)
+    try:
+        return ck.all_steps()
+    finally:
+        ck.close()
+
+
+def _restore_target(run: RunInfo, state):
+    """Abstract target of a saved train state: ``{"params": <model state>, "opt_state": ...}``."""
+    import jax
+
+    from archcmp.training.optim import make_optimizer
+    from archcmp.training.settings import parse
+
+    s, _ = parse(run.config)
+    tx = make_optimizer(s.optim, s.train.steps)
+    return {"params": jax.eval_shape(lambda x: x, state), "opt_state": jax.eval_shape(tx.init, state)}
+
+
+def _strip_value(tree):
+    if isinstance(tree, dict):
+        if set(tree) == {"value"}:
+            return tree["value"]
+        return {k: _strip_value(v) for k, v in tree.items()}
+    return tree
+
+
+def restore_params(ck, run: RunInfo, step: int, state):
+    """Model parameters of checkpoint ``step`` (open :class:`~archcmp.training.checkpoint.Checkpointer` ``ck``)
+    as an nnx State shaped like ``state`` (from ``nnx.split(build_model(run.model_cfg))``)."""
+    from flax import nnx
+
+    try:
+        restored, _ = ck.restore(step=step, target=_restore_target(run, state))
+        return restored["params"]
+    except Exception as err:  # noqa: BLE001 - e.g. optimizer settings changed: fall back to a generic restore
+        warnings.warn(f"{run.name} step {step}: typed restore failed ({type(err).__name__}); "
+                      "restoring without a target", RuntimeWarning, stacklevel=2)
+        restored, _ = ck.restore(step=step, target=None)
+        new = nnx.clone(state) if hasattr(nnx, "clone") else state
+        nnx.replace_by_pure_dict(new, _strip_value(restored["params"]))
+        return new
+
+
+def run_task(run: RunInfo):
+    """The run's task object (its tokenizer and examples), built from the run's task config."""
+    from archcmp.data import make_task
+
+    tcfg = run.config["task"]
+    return make_task(run.summary.get("task") or tcfg["name"], **dict(tcfg.get("params") or {}))
+
+
+def load_run(run_dir: str | Path, step: int | None = None) -> Loaded:
+    """A run of ours at checkpoint ``step`` (None = the newest saved; 0 = the initialisation the run
+    trained from) -> :class:`~archcmp.loading.loaded.Loaded` with the task tokenizer and formatter."""
+    from flax import nnx
+
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.data.formatters import make_formatter
+    from archcmp.model.models import build_model
+
+    t0 = time.perf_counter()
+    run = read_run(run_dir)
+    steps = saved_steps(run)
+    if step is None:
+        step = steps[-1] if steps else 0
+    if step != 0 and step not in steps:
+        raise ValueError(f"step={step!r}: no checkpoint of {run.run_dir} at that step; saved steps: {steps}")
+    model = build_model(run.model_cfg, run.seed)
+    if step != 0:
+        graphdef, state = nnx.split(model)
+        with Checkpointer(run.run_dir / "checkpoints", keep=None) as ck:
+            model = nnx.merge(graphdef, restore_params(ck, run, step, state))
+    task = run_task(run)
+    tcfg = run.config["task"]
+    T = int(tcfg["seq_len"])
+    enc_len = int(tcfg.get("enc_len") or T) if run.arch == "encdec" else None
+    info = {"kind": "run", "step": step, "saved_steps": steps, "run": run.name, "label": run.label,
+            "summary": run.summary, "config": run.config, "task": task, "load_seconds": time.perf_counter() - t0}
+    return Loaded(model, run.model_cfg, task.tokenizer, task.tokenizer.encode, run.run_dir, info,
+                  make_formatter(run.arch, T, enc_len))

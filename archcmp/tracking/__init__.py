@@ -1,0 +1,1 @@
+"""Experiment tracking: the tracker interface with its JSONL / null backends, and the wandb backend."""
