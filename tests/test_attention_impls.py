@@ -54,10 +54,11 @@ def test_padding_rows_stay_finite_and_uniform():
     assert bool(jnp.isfinite(jax.grad(lambda q: blocked_attend(q, k, v, mask).sum())(q)).all())
 
 
-@pytest.mark.parametrize("arch,pos", [("decoder", "learned"), ("prefix_lm", "rope"), ("encdec", "relative")])
+@pytest.mark.parametrize("arch,pos", [("prefix_lm", "rope"), ("encdec", "relative")])
 def test_model_logits_and_grads_match_explicit(arch, pos):
-    """Whole models: the attention_impl switch changes neither the logits nor the parameter gradients,
-    and return_attention still gives the explicit probabilities."""
+    """Whole models: the blocked default changes neither the logits nor the parameter gradients
+    (T5's relative bias gets its gradient through the custom VJP), and return_attention still gives
+    the explicit probabilities. (xla is compared function by function above.)"""
     from archcmp.bench.common import make_batch
 
     cfg = ModelConfig(arch=arch, vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=32,
@@ -71,11 +72,10 @@ def test_model_logits_and_grads_match_explicit(arch, pos):
         return jax.jit(jax.value_and_grad(f))(params)
 
     (l_ref, g_ref) = loss_and_grads("explicit")
-    for impl in ("blocked", "xla"):
-        l_new, g_new = loss_and_grads(impl)
-        np.testing.assert_allclose(l_new, l_ref, rtol=1e-5)
-        for a, r in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
-            np.testing.assert_allclose(a, r, atol=2e-5, rtol=1e-3)
+    l_new, g_new = loss_and_grads("blocked")
+    np.testing.assert_allclose(l_new, l_ref, rtol=1e-5)
+    for a, r in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, r, atol=2e-5, rtol=1e-3)
     model = build_model(cfg.replace(attention_impl="blocked"), seed=0)
     _, extras = model(batch, return_attention=True)
     probs = extras["self"] if arch != "encdec" else extras["dec_self"]
