@@ -81,6 +81,17 @@ def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
         assert row["params_ours"] == row["params_ours_formula"] == sum(x.size for x in jax.tree.leaves(params))
         assert row["tokens_per_step"] == row["batch"] * plan.seq * (2 if arch == "encdec" else 1)
 
+    # bench.json beside bench.md: one record per training cell, the same figures as the table
+    import json
+
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["arch"], r["size"]) for r in doc["train"]] == [("decoder", "tiny"), ("encdec", "tiny")]
+    for rec in doc["train"]:
+        ours = by_arch[rec["arch"]]["variants"]["archcmp"]
+        assert rec["ours_tok_s"] == pytest.approx(ours["tokens_per_s"]) and rec["mfu"] == pytest.approx(ours["mfu"])
+        assert rec["hf_best_tok_s"] is None and rec["ratio"] is None and rec["peak_mem_ratio"] is None  # no torch
+    assert doc["matmul_peak_flops"] == pytest.approx(peak) and doc["platform"] == "cpu"
+
 
 def tiny_train_flops(arch: str, batch: int, seq: int, vocab: int) -> int:
     """Training matmul FLOPs of one step of the bench's "tiny" shapes, written out by hand (2 per

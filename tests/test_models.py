@@ -144,10 +144,13 @@ def test_scan_and_loop_give_same_outputs(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_returning_attention_does_not_change_logits(arch):
     batch = make_batch(T=6, S=5)
-    model = build_model(cfg_for(arch), 0)
+    model = build_model(cfg_for(arch, attention_impl="explicit"), 0)
     plain = model(batch)
     with_attn, attn = model(batch, return_attention=True)
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(with_attn))
+    # the default (blocked) path without probabilities: the same logits up to float rounding
+    blocked = build_model(cfg_for(arch), 0)(batch)
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(with_attn), rtol=1e-5, atol=1e-5)
     for name, probs in attn.items():
         assert probs.shape[:3] == (2, 1, 4), name  # [L, B, H, Tq, Tk]
         np.testing.assert_allclose(np.asarray(probs.sum(-1))[..., :], 1.0, rtol=1e-5)

@@ -231,6 +231,8 @@ def test_device_presets_set_compute_and_param_dtypes():
         settings, shape = parse(compose_cfg([f"device={name}"]))
         model = settings.model_config(72, shape)
         assert (settings.device.platform, model.dtype, model.param_dtype) == (name, dtype, param_dtype)
+        # the fused attention of the platform: jax.nn.dot_product_attention (cuDNN / XLA) on accelerators
+        assert model.attention_impl == ("blocked" if name == "cpu" else "xla")
     settings, shape = parse(compose_cfg(["device=gpu", "+model.dtype=float32"]))
     assert settings.model_config(72, shape).dtype == "float32"  # model.* still wins
     assert parse(compose_cfg(["device=tpu"]))[0].mesh.fsdp == -1

@@ -36,6 +36,7 @@ import jax
 from archcmp.bench.common import (ARCHS, NOTES_MARKER, SECTIONS, SHAPES, RSS, Plan, bench_optim, log,
                                   make_batch, model_config, n_cores, persistent_cache_off, tokens_per_row)
 from archcmp.bench.compile_decode import compile_section, decode_section
+from archcmp.bench.records import write_json
 from archcmp.bench.report import write_report
 from archcmp.bench.training import measure_matmul_peak, torch_status, train_cell
 
@@ -110,7 +111,8 @@ def run(plan: Plan, out: Path | None, command: str = "archcmp-bench") -> dict[st
     text = write_report(out, plan, results, torch_info, command)
     print(text)
     if out is not None:
-        log(f"wrote {out}")
+        write_json(out.with_suffix(".json"), results, command)
+        log(f"wrote {out} and {out.with_suffix('.json')}")
     return results
 
 

@@ -26,6 +26,7 @@ ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu", "gelu_erf")  # "gelu" is the t
 ATTENTION_PATTERNS = ("dense", "local", "strided")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "dots", "full")
+ATTENTION_IMPLS = ("explicit", "blocked", "xla", "cudnn")  # archcmp.model.attention_impls
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -83,6 +84,11 @@ class ModelConfig:
     # intermediate; "dots" keeps the dense matmul outputs and recomputes the rest (norms, activations,
     # attention); "full" keeps only the layer input. Same numbers; memory falls, recompute rises.
     remat: str = "none"
+    # How attention runs when nobody reads its probabilities (training, evaluation, decoding):
+    # "explicit" (the probes' path, scores materialised), "blocked" (flash-style, online softmax;
+    # the CPU default: fastest and least memory in bench.md's A/B), "xla" (jax.nn.dot_product_attention;
+    # the gpu/tpu presets), "cudnn" (its GPU kernel). Same outputs; see archcmp.model.attention_impls.
+    attention_impl: str = "blocked"
     init_std: float = 0.02
     # False: attention-only blocks (no MLP sub-layer, no MLP norm; d_ff unused), the two-layer
     # attention-only transformers of the induction-head studies (Olsson et al. 2022).
@@ -147,6 +153,7 @@ class ModelConfig:
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("remat", self.remat, REMAT)
+        _choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         for name in ("tie_embeddings", "scan_layers", "mlp", "use_bias", "scale_attention", "rel_causal",
                      "embed_norm", "head_transform", "head_bias", "tied_head_scale"):
             if not isinstance(getattr(self, name), bool):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from archcmp.model.attention_impls import fused_attend
 from archcmp.model.config import ModelConfig
 
 Array = jax.Array
@@ -291,8 +292,10 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, mask: Array, positions: Array | None = None, memory: Array | None = None,
                  bias: Array | None = None, cache: dict[str, Array] | None = None,
-                 cache_index: Array | None = None):
-        """x [B,T,D] (memory [B,S,D] for cross) -> ([B,T,D], probs [B,H,T,S]) (+ new cache)."""
+                 cache_index: Array | None = None, need_probs: bool = True):
+        """x [B,T,D] (memory [B,S,D] for cross) -> ([B,T,D], probs [B,H,T,S]) (+ new cache).
+
+        ``need_probs=False`` lets ``cfg.attention_impl`` pick a path that returns probs None."""
         cfg = self.cfg
         new_cache = None
         if self.cross:
@@ -313,7 +316,10 @@ class Attention(nnx.Module):
                 k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
                 v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
                 new_cache = {"k": k, "v": v}
-        y, probs = attend(q, k, v, mask, bias, scale=cfg.scale_attention)
+        if need_probs or cfg.attention_impl == "explicit":
+            y, probs = attend(q, k, v, mask, bias, scale=cfg.scale_attention)
+        else:
+            y, probs = fused_attend(cfg.attention_impl, q, k, v, mask, bias, cfg.scale_attention), None
         y = jnp.einsum("bthk,hkd->btd", y, cast_param(self.out, cfg))
         if cfg.use_bias:
             y = y + cast_param(self.out_bias, cfg)
@@ -384,7 +390,7 @@ class Block(nnx.Module):
         return norm(x + dropout(y, self.cfg.dropout, key)), aux
 
     def __call__(self, x, mask, positions, bias=None, memory=None, cross_mask=None, key=None,
-                 cache=None, cache_index=None):
+                 cache=None, cache_index=None, need_probs=True):
         """x [B,T,D] -> (x [B,T,D], self probs [B,H,T,T], cross probs [B,H,T,S] or None).
 
         With ``cache={"self": {"k","v"}, "cross": {"k","v"} (cross blocks)}`` of this layer, a fourth
@@ -395,7 +401,8 @@ class Block(nnx.Module):
         new_cache = dict(cache)
 
         def self_fn(h):
-            out = self.self_attn(h, mask, positions, bias=bias, cache=cache.get("self"), cache_index=cache_index)
+            out = self.self_attn(h, mask, positions, bias=bias, cache=cache.get("self"), cache_index=cache_index,
+                                 need_probs=need_probs)
             if "self" in cache:
                 new_cache["self"] = out[2]
             return out[:2]
@@ -404,8 +411,8 @@ class Block(nnx.Module):
         cross_p = None
         if self.has_cross:
             x, cross_p = self._residual(
-                x, self.cross_norm, lambda h: self.cross_attn(h, cross_mask, memory=memory,
-                                                              cache=cache.get("cross"))[:2], keys[1])
+                x, self.cross_norm, lambda h: self.cross_attn(h, cross_mask, memory=memory, cache=cache.get("cross"),
+                                                              need_probs=need_probs)[:2], keys[1])
         if self.cfg.mlp:
             x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None), keys[2])
         return (x, self_p, cross_p, new_cache) if cache else (x, self_p, cross_p)
@@ -463,7 +470,8 @@ class Stack(nnx.Module):
             layer_params, layer_key, layer_cache, pattern_id = layer
             block = nnx.merge(graphdef, layer_params)
             layer_mask = mask[pattern_id] if per_layer else mask
-            res = block(h, layer_mask, positions, bias, memory, cross_mask, layer_key, layer_cache, cache_index)
+            res = block(h, layer_mask, positions, bias, memory, cross_mask, layer_key, layer_cache, cache_index,
+                        need_probs=return_attention)
             h, self_p, cross_p = res[:3]
             out = {}
             if return_attention:
