@@ -259,7 +259,7 @@ def test_sweep_over_a_key_the_run_name_hides_gets_a_directory_per_value(tmp_path
     """optimizer.lr is not in the default run name: each job's name (and directory) gets -lr<value>,
     both train, and the same sweep again finds both complete."""
     args = ["-m", "optimizer.lr=1e-3,3e-3", "experiment_name=hidden", *TINY2]
-    first = _cli(args, tmp_path)
+    first = train_cli(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "sweep: 2 runs: 2 completed, 0 resumed, 0 skipped (already complete), 0 failed" in first.stdout
     sweep = tmp_path / "multirun" / "hidden"
@@ -270,7 +270,7 @@ def test_sweep_over_a_key_the_run_name_hides_gets_a_directory_per_value(tmp_path
         assert json.loads((run_dir / "identity.json").read_text())["settings"]["optimizer"]["lr"] == lr
     assert sorted(p.name for p in sweep.iterdir() if p.name.startswith("decoder")) == [f"{RUN}-lr0.001",
                                                                                      f"{RUN}-lr0.003"]
-    again = _cli(args, tmp_path)
+    again = train_cli(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 skipped (already complete)" in again.stdout, again.stdout
 
@@ -303,7 +303,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
     logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
     assert max(logged) == stopped  # every step up to the interrupt was logged, none after it
     # The same command again: resumes from the interrupt's checkpoint and finishes.
-    out = _cli(args, tmp_path)
+    out = train_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from"] == stopped and summary["step"] == 400
