@@ -3,6 +3,7 @@ positive, the MFU is built on the exact FLOP count, and a missing torch is repor
 No timing assertions: the machine is shared."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -69,7 +70,9 @@ def test_quick_train_without_torch(tmp_path, monkeypatch, capsys):
         assert ours["step_seconds"] > 0 and math.isfinite(ours["final_loss"])
         # The MFU numerator is the exact count: every dot_general of the real, traced training
         # step (forward and backward, scans unrolled by their length) -- not an estimate.
-        cfg = bench.model_config(arch, "tiny", plan.vocab, plan.seq)
+        # Model FLOPs are the algorithm's: traced on the explicit attention path (the blocked default
+        # recomputes each block's probabilities in its backward pass, extra work MFU does not credit).
+        cfg = dataclasses.replace(bench.model_config(arch, "tiny", plan.vocab, plan.seq), attention_impl="explicit")
         graphdef, params = nnx.split(build_model(cfg, seed=0))
         tx = make_optimizer(bench.bench_optim(), total_steps=10)
         state = {"params": params, "opt_state": tx.init(params)}
