@@ -100,7 +100,7 @@ def evaluate_run(run, tasks, factors=(1, 2, 4, 8), examples: int = 64, batch_siz
     eval_step = _EVAL_STEPS[run.model_cfg]
     cfg = run.model_cfg
     tcfg = run.config["task"]
-    base = {"run": run.name, "arch": run.arch, "pos_encoding": cfg.pos_encoding, "seed": run.seed,
+    base = {"run": run.name, "run_dir": str(run.run_dir), "arch": run.arch, "pos_encoding": cfg.pos_encoding, "seed": run.seed,
             "step": steps[-1], "train_len": int(tcfg["seq_len"])}
     rows = []
     for factor in factors:
@@ -136,7 +136,8 @@ def seed_table(per_run: pd.DataFrame) -> pd.DataFrame:
     """Long per-seed evidence (``archcmp-claims``): condition = arch, group = pos_encoding, metrics
     ``loss_{k}x`` and ``loss_ratio_{k}x`` (loss at k x the training length over loss at 1x)."""
     rows = []
-    for run, g in per_run.groupby("run"):
+    # one group per run directory: two runs may share a run name (e.g. a key the name does not show)
+    for run, g in per_run.groupby("run_dir" if "run_dir" in per_run else "run"):
         at = g.set_index("factor")["loss"]
         first = g.iloc[0]
         for factor, loss in at.items():
