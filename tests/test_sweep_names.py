@@ -45,3 +45,12 @@ def test_two_keys_ending_alike_keep_their_full_names_and_long_values_are_hashed(
     assert suffix(cfg, "${seed}", {}, ["a.eps", "b.eps"]) == "-a.eps1-b.eps2"
     part = suffix(cfg, "${seed}", {}, ["c.names"])
     assert part.startswith("-names") and len(part) == len("-names") + 8
+
+
+def test_a_template_that_names_each_job_apart_gets_no_suffix():
+    """run_name=r${hydra:job.num} already differs per job: nothing is appended (the directories stay
+    r0, r1, ... as the user asked), while the same sweep under a template without it is told apart."""
+    cfg = OmegaConf.create({"a": {"eps": 1}})
+    assert suffix(cfg, "r${hydra:job.num}", {}, ["a.eps"]) == ""
+    assert suffix(cfg, "r${hydra.job.num}-${seed}", {}, ["a.eps"]) == ""
+    assert suffix(cfg, "r${seed}", {}, ["a.eps"]) == "-eps1"

@@ -22,6 +22,9 @@ from typing import Any, Iterable, Mapping
 
 SWEPT_ENV = "ARCHCMP_SWEPT_KEYS"
 RESOLVER = "archcmp.swept"
+# A template reading one of these already names every job of a sweep apart (``run_name=r${hydra:job.num}``).
+PER_JOB_REFS = {"job.num", "job.id", "job.override_dirname", "hydra.job.num", "hydra.job.id",
+                "hydra.job.override_dirname"}
 GROUP_KEYS = ("arch", "size", "task", "optimizer", "logger", "launcher", "device", "experiment")
 
 
@@ -87,6 +90,8 @@ def suffix(cfg: Any, template: str, choices: Mapping[str, Any], swept: Iterable[
     from omegaconf import OmegaConf
 
     refs = template_references(template)
+    if refs & PER_JOB_REFS:
+        return ""
     hidden = [k for k in swept if _relevant(k) and not _shown(k.split("@")[0], refs)]
     shorts = [k.split("@")[0].split(".")[-1] for k in hidden]
     parts = []
