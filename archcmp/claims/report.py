@@ -24,9 +24,8 @@ What the verdicts mean:
 
 - **supported** / **refuted**: the pre-registered rule says so, on intervals over at least
   {MIN_SEEDS} training seeds.
-- **inconclusive**: there is evidence but it does not decide: fewer than {MIN_SEEDS} seeds (every
-  committed experiment today has one), overlapping intervals, or a fit flagged as
-  untrustworthy. The reason column says which. With too few seeds it also says which way the
+- **inconclusive**: there is evidence but it does not decide: fewer than {MIN_SEEDS} seeds (the
+  older single-seed experiments), overlapping intervals, or a fit flagged as untrustworthy. The reason column says which. With too few seeds it also says which way the
   numbers point ("means in the claimed direction at k of n"; "would be supported" with two
   seeds), which the rule is not yet allowed to judge.
 - **not run**: the evidence file the rule reads does not exist yet.
