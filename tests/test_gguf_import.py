@@ -275,3 +275,24 @@ def test_unsupported_tokenizer_is_named_on_encode(tmp_path):
         loaded.encode("hello")
     batch, e = golden_batch()
     np.testing.assert_allclose(logits(loaded.model, batch)[0], e["logits"][0], atol=1e-4, rtol=0)
+
+
+def test_readme_gguf_recipe_runs_as_written(tmp_path, capsys):
+    """The README's GGUF recipe, executed with only the file swapped (a tiny GGUF with a tokenizer)."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- recipe: load_pretrained gguf -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    _, meta = _bpe_tokenizer()
+    tensors = golden_tensors()
+    V = len(meta["tokens"])
+    rng = np.random.default_rng(1)
+    tensors["model.embed_tokens.weight"] = rng.normal(0, 0.1, (V, 32)).astype(np.float32)
+    tensors["lm_head.weight"] = rng.normal(0, 0.1, (V, 32)).astype(np.float32)
+    f = write_gguf(tmp_path / "tiny.gguf", tensors, tokenizer=meta)
+    code, n = re.subn(r'load_pretrained\("[^"]*"', f"load_pretrained({str(f)!r}", code)
+    assert n == 1
+    exec(compile(code, "README:load_pretrained gguf", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("gguf {'F32': 21} 2 (2, 4, ")
