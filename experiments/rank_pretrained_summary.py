@@ -73,6 +73,18 @@ def rule_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def save(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(out: Path = OUT) -> int:
     import matplotlib
 
@@ -99,26 +111,17 @@ def main(out: Path = OUT) -> int:
         s = g.groupby("depth")["frac"]
         ax.errorbar(s.mean().index, s.mean(), yerr=[s.mean() - s.min(), s.max() - s.mean()], marker="o", ms=3,
                     capsize=3, color=f"C{i}", label=f"{model} ({g['layer'].nunique()} layers)")
-    ax.set_xlabel("relative depth (first layer 0, last layer 1)")
-    ax.set_ylabel("effective rank / n")
-    ax.set_title("self-attention, same 32 texts, trained / pretrained (bars: min-max over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "effective_rank_fraction_by_layer.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "relative depth (first layer 0, last layer 1)", "effective rank / n",
+         "self-attention, same 32 texts, trained / pretrained (bars: min-max over seeds)",
+         out / "effective_rank_fraction_by_layer.png")
 
     per_text = trained.groupby(["model", "batch", "run"]).agg(n=("n", "first"), frac=("effective_rank_frac", "mean"))
     per_text = per_text.reset_index()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, (model, g) in enumerate(per_text.groupby("model")):
         ax.scatter(g["n"], g["frac"], s=10, alpha=0.6, color=f"C{i}", label=model)
-    ax.set_xlabel("block size n (tokens of the text)")
-    ax.set_ylabel("effective rank / n (mean over layers, heads)")
-    ax.set_title("one point per text (and seed): the fraction depends on n", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "effective_rank_fraction_by_n.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "block size n (tokens of the text)", "effective rank / n (mean over layers, heads)",
+         "one point per text (and seed): the fraction depends on n", out / "effective_rank_fraction_by_n.png")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
