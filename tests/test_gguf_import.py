@@ -10,17 +10,15 @@ against a numpy dequantisation written here from the format's definition.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import gguf  # part of the test extra: a missing package fails here, loudly
 import numpy as np
 import pytest
 
 from archcmp import attention, load_pretrained, logits
 from archcmp.loading.gguf_file import unpermute_rotary
 from archcmp.loading.pretrained import CheckpointError
-
-gguf = pytest.importorskip("gguf", reason="the gguf package is part of the test extra")  # fails loudly in CI via the extra
-
-from pathlib import Path  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "goldens" / "pretrained" / "llama"
 HF_CFG = json.loads((GOLDEN / "config.json").read_text())
