@@ -1,9 +1,10 @@
 """Load time of each imported family (issue 19): ``archcmp.load_pretrained`` on the tiny golden
-checkpoints (GPT-2, BERT, Llama, T5 v1.0, T5 v1.1) and, when present, a real one (all-MiniLM-L6-v2).
+checkpoints (GPT-2, BERT, Llama, T5 v1.0, T5 v1.1) and, when present, real ones (all-MiniLM-L6-v2,
+a directory; SmolLM2-135M-Instruct, a GGUF file or the directory holding it).
 
 One process; a first load warms JAX up (its start-up is not a family's cost), then each directory is
 loaded ``--repeats`` times and the median and min wall seconds are printed as a markdown table.
-    python experiments/pretrained_load_times.py [--real DIR ...] [--repeats 3]
+    python experiments/pretrained_load_times.py [--real DIR_OR_GGUF ...] [--repeats 3]
 """
 import argparse
 import statistics
@@ -20,7 +21,7 @@ def main() -> None:
     p.add_argument("--real", action="append", type=Path, default=[])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    dirs = sorted(d for d in GOLDENS.iterdir() if d.is_dir()) + [d for d in args.real if d.is_dir()]
+    dirs = sorted(d for d in GOLDENS.iterdir() if d.is_dir()) + [d for d in args.real if d.exists()]
     load_pretrained(dirs[0])  # JAX start-up
     print("| checkpoint | model_type | parameters | median s | min s |\n|---|---|---|---|---|")
     for d in dirs:

@@ -1,7 +1,10 @@
 """Import published checkpoints (GPT-2, BERT, T5, Llama) from local files into archcmp models.
 
 A checkpoint directory holds a Hugging Face style ``config.json``, one or more ``*.safetensors``
-files and, optionally, ``tokenizer.json``. Nothing is downloaded: the user points at files.
+files and, optionally, ``tokenizer.json``. A llama.cpp ``.gguf`` file (or a directory holding one
+and no ``config.json``) of a Llama-architecture model is read by
+:mod:`archcmp.loading.gguf_file` into the same config and tensors, dequantised to float32.
+Nothing is downloaded: the user points at files.
 
 Each supported ``model_type`` is one :class:`Family`: how its config maps onto a
 :class:`~archcmp.model.config.ModelConfig` (the exact-architecture options of that class) and how its
@@ -27,13 +30,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from archcmp.loading.errors import CheckpointError
 from archcmp.model.config import ModelConfig
 
+__all__ = ["CheckpointError", "import_checkpoint", "import_tensors", "load_pretrained"]
+
 Tensors = Mapping[str, np.ndarray]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be imported (the message names the file, key or tensor)."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -75,8 +77,8 @@ class _Source:
             if p + name in self.tensors:
                 self.used.add(p + name)
                 return np.asarray(self.tensors[p + name], np.float32)
-        raise CheckpointError(f"{self.directory}: tensor {self.prefixes[0] + name!r} missing from the safetensors "
-                              f"files (model_type={self.model_type!r})")
+        raise CheckpointError(f"{self.directory}: tensor {self.prefixes[0] + name!r} missing from the checkpoint "
+                              f"(model_type={self.model_type!r})")
 
 
 def _norm(get: _Source, name: str, bias: bool = True) -> dict[str, np.ndarray]:
@@ -362,24 +364,29 @@ class Imported:
 
 def import_checkpoint(directory: str | Path) -> Imported:
     """Build the archcmp model of a local checkpoint directory and load its weights (float32)."""
+    directory = Path(directory)
+    return import_tensors(read_config(directory), read_tensors(directory), directory)
+
+
+def import_tensors(hf: Mapping[str, Any], tensors: Tensors, source: Path) -> Imported:
+    """A Hugging Face style config dict and its tensors (any dtype; read as float32) -> :class:`Imported`.
+    ``source`` (the directory or file) names the checkpoint in errors."""
     from flax import nnx
 
     from archcmp.model.models import build_model
 
-    directory = Path(directory)
-    hf = read_config(directory)
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
-        raise CheckpointError(f"{directory / 'config.json'}: model_type={model_type!r} is not supported; "
-                              f"supported: {sorted(FAMILIES)}")
+        raise CheckpointError(f"{source / 'config.json' if source.is_dir() else source}: model_type={model_type!r} "
+                              f"is not supported; supported: {sorted(FAMILIES)}")
     family = FAMILIES[model_type]
-    get = _Source(read_tensors(directory), family.prefixes, model_type, directory)
+    get = _Source(tensors, family.prefixes, model_type, source)
     cfg = family.config(hf, get)
     values = family.weights(get, cfg)
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
     target = nnx.to_pure_dict(state)
-    filled = _fill(target, values, directory, ())
+    filled = _fill(target, values, source, ())
     nnx.replace_by_pure_dict(state, filled)
     model = nnx.merge(graphdef, state)
     unused = sorted(n for n in set(get.tensors) - get.used if not any(tag in n for tag in _IGNORED))
@@ -404,36 +411,71 @@ def _fill(target: Any, values: Any, directory: Path, path: tuple[str, ...]) -> A
     return jnp.asarray(values, target.dtype)
 
 
-def load_pretrained(directory: str | Path) -> "Loaded":
-    """A local checkpoint directory -> :class:`~archcmp.loading.loaded.Loaded` (model, config, tokenizer).
+def gguf_path(path: Path) -> Path | None:
+    """The GGUF file ``path`` names: the file itself, or the one ``*.gguf`` of a directory without
+    ``config.json``; None for a safetensors checkpoint directory."""
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise CheckpointError(f"{path}: a checkpoint file must be .gguf (a safetensors checkpoint is a directory "
+                                  "with config.json)")
+        return path
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        raise CheckpointError(f"{path}: {len(found)} .gguf files ({', '.join(f.name for f in found)}); name one")
+    return found[0] if found else None
 
-    ``tokenizer.json`` (optional) is read with the ``tokenizers`` library; without it ``encode``
-    raises and the model takes batches of ids. ``info`` records the model type, the load time,
-    whether the checkpoint has a vocabulary head, and tensors of the files that were not used.
+
+def load_pretrained(path: str | Path) -> "Loaded":
+    """A local checkpoint -> :class:`~archcmp.loading.loaded.Loaded` (model, config, tokenizer).
+
+    ``path`` is a directory with ``config.json`` + ``*.safetensors`` (+ optional ``tokenizer.json``,
+    read with the ``tokenizers`` library), or a llama.cpp ``.gguf`` file of a Llama-architecture
+    model (or a directory holding one): its tensors are dequantised to float32 and its tokenizer
+    built from the file's metadata. Without a tokenizer ``encode`` raises and the model takes
+    batches of ids. ``info`` records the model type, the load time, whether the checkpoint has a
+    vocabulary head, and tensors of the files that were not used.
     """
     import time
 
     from archcmp.loading.loaded import Loaded
 
     t0 = time.perf_counter()
-    directory = Path(directory)
-    imported = import_checkpoint(directory)
-    tok_path = directory / "tokenizer.json"
-    tokenizer = None
-    if tok_path.is_file():
-        from tokenizers import Tokenizer
+    path = Path(path)
+    gguf = gguf_path(path)
+    extra: dict = {}
+    if gguf is not None:
+        from archcmp.loading.gguf_file import read_gguf
 
-        tokenizer = Tokenizer.from_file(str(tok_path))
+        ckpt = read_gguf(gguf)
+        hf, source, tokenizer = ckpt.config, gguf, ckpt.tokenizer
+        imported = import_tensors(hf, ckpt.tensors, gguf)
+        no_tokenizer = f"{gguf}: {ckpt.tokenizer_problem}, so texts cannot be tokenised (pass a batch of ids)"
+        extra = {"format": "gguf", **ckpt.info}
+        name = gguf.stem
+    else:
+        hf, source = read_config(path), path
+        imported = import_tensors(hf, read_tensors(path), path)
+        tok_path = path / "tokenizer.json"
+        tokenizer = None
+        if tok_path.is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        no_tokenizer = f"{tok_path}: missing, so texts cannot be tokenised (pass a batch of ids)"
+        extra = {"format": "safetensors"}
+        name = path.name
+    if tokenizer is not None:
         tokenizer.no_padding()  # padding is ours (segment ids); some files pad every text to a fixed length
 
     def encode(text: str) -> np.ndarray:
         if tokenizer is None:
-            raise CheckpointError(f"{tok_path}: missing, so texts cannot be tokenised (pass a batch of ids)")
+            raise CheckpointError(no_tokenizer)
         return np.asarray(tokenizer.encode(text).ids, np.int32)
 
-    hf = read_config(directory)
     start = hf.get("decoder_start_token_id")
     info = {"kind": "pretrained", "model_type": imported.model_type, "unused_tensors": imported.unused,
             "has_lm_head": imported.has_lm_head, "decoder_start_id": 0 if start is None else int(start),
-            "name": directory.name, "load_seconds": time.perf_counter() - t0}
-    return Loaded(imported.model, imported.config, tokenizer, encode, directory, info)
+            "name": name, **extra, "load_seconds": time.perf_counter() - t0}
+    return Loaded(imported.model, imported.config, tokenizer, encode, source, info)
