@@ -360,7 +360,7 @@ class _StopRequest:
 
 
 def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
-    """Restore a member's checkpoint: an unreadable newest one -> one warning line per skipped step
+    """Restore a member's checkpoint: an unreadable newest one -> one warning line naming the skipped step(s)
     and the fallback; none readable -> one config-error line naming the directory."""
     import warnings
 
