@@ -17,6 +17,7 @@ from archcmp.tracking.tracker import read_jsonl
 from archcmp.tracking.wandb_tracker import offline_records
 from hydra_cfg import TINY, compose_cfg
 from train_procs import kill_when, train_cli
+from wandb_files import offline_run_record
 
 TINY2 = [*TINY, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
 RUN = "decoder-nano-addition-s0"
@@ -252,6 +253,10 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
     assert sorted(steps) == list(range(1, 41)), steps  # every logged step, exactly once
     logged = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r}
     assert sorted(logged) == list(range(1, 41))
+    # tokens/s counts no step that compiled: the first step of each process (step 1, and step 11 right
+    # after the resume from 10) reports nothing measured yet, every later one a rate
+    assert [s for s, r in logged.items() if r["tokens_per_sec"] == 0] == [1, 11], logged
+    assert summary["tokens_per_sec"] == logged[40]["tokens_per_sec"] > 0
 
 
 def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
@@ -267,16 +272,19 @@ def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
 # ---- sweeps -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
-    first = train_cli(["-m", "seed=0", "experiment_name=two", *TINY2], tmp_path)
+    """Two sweeps left at experiment_name=default share multirun/default: the second reports its own two
+    jobs (the first's run listed apart), each launch keeps its multirun.yaml, and the second's wandb runs
+    are grouped by the folder and what the sweep varies."""
+    first = train_cli(["-m", "seed=0", *TINY2], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = train_cli(["-m", "seed=1,2", "experiment_name=two", *TINY2], tmp_path)
+    second = train_cli(["-m", "seed=1,2", "logger=wandb", *TINY2], tmp_path, env={"WANDB_MODE": None})
     assert second.returncode == 0, second.stderr[-2000:]
     table = [line for line in second.stdout.splitlines() if line.startswith("| decoder-")]
     assert sorted(line.split("|")[1].strip() for line in table) == ["decoder-nano-addition-s1",
                                                                       "decoder-nano-addition-s2"], second.stdout
     assert "sweep: 2 runs: 2 completed" in second.stdout
     assert "1 run(s) from earlier launches" in second.stdout
-    sweep = tmp_path / "multirun" / "two"
+    sweep = tmp_path / "multirun" / "default"
     report = (sweep / "comparison.md").read_text()
     own, earlier = report.split("## Earlier runs")
     assert "s0" not in own and "decoder-nano-addition-s0" in earlier
@@ -284,6 +292,9 @@ def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
     assert len(launches) == 2 and all((d / "multirun.yaml").exists() for d in launches)
     assert "seed=0" in (launches[0] / "multirun.yaml").read_text()
     assert "seed=1,2" in (launches[1] / "multirun.yaml").read_text()
+    for seed in (1, 2):
+        run = offline_run_record(sweep / f"decoder-nano-addition-s{seed}")
+        assert run.run_group == "default sweep over seed" and run.display_name == f"decoder-nano-addition-s{seed}"
 
 
 @pytest.mark.slow

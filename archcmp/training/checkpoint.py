@@ -51,10 +51,11 @@ class NoReadableCheckpoint(FileNotFoundError):
 
 
 def _file_digests(step_dir: Path) -> dict[str, list]:
-    """``{path relative to step_dir: [size, blake2b-128 hex]}`` of every file but the digest itself."""
+    """``{path relative to step_dir: [size, blake2b-128 hex]}`` of every file but the digest itself (and
+    its temp file, which a save killed while writing it leaves behind)."""
     out = {}
     for f in sorted(step_dir.rglob("*")):
-        if f.is_file() and f.name != DIGEST:
+        if f.is_file() and not f.name.startswith(DIGEST):
             with open(f, "rb") as fh:
                 h = hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16))
             out[f.relative_to(step_dir).as_posix()] = [f.stat().st_size, h.hexdigest()]
