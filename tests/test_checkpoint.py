@@ -1,4 +1,6 @@
 import shutil
+import types
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+from archcmp.training import checkpoint as checkpoint_mod
 from archcmp.training.checkpoint import (
+    DIGEST,
     Checkpointer,
+    NoReadableCheckpoint,
     abstract_nnx_pytree,
     abstract_target,
     nnx_state_to_pytree,
@@ -135,17 +140,107 @@ def test_partial_and_corrupt_newest_checkpoint(tmp_path, trained):
     state, meta = ck2.restore(target=make_state(0))
     assert meta == {"pos": 2}
     assert_bit_exact(state, trained)
-    # a finalized-looking but corrupt newest step: restore() falls back to the last readable one
+    # a finalized-looking newest step whose files were overwritten after the save: restore() falls
+    # back to the last readable one, with one warning naming the step, the file and the step used
     shutil.copytree(tmp_path / "2", tmp_path / "4")
     for f in (tmp_path / "4" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
     ck3 = Checkpointer(tmp_path, keep=3)
     assert ck3.latest_step() == 4
-    with pytest.warns(RuntimeWarning, match="step 4"):
+    with pytest.warns(RuntimeWarning) as caught:
         state, meta = ck3.restore(target=make_state(0))
     assert meta == {"pos": 2}
     assert_bit_exact(state, trained)
+    (w,) = [x for x in caught if issubclass(x.category, RuntimeWarning)]
+    assert str(w.message).startswith(f"checkpoint step 4 in {tmp_path} is unreadable (state/")
+    assert str(w.message).endswith("using step 2 instead")
+    # the same without a digest (a checkpoint from before digests): orbax itself fails, same fallback
+    (tmp_path / "4" / DIGEST).unlink()
+    with pytest.warns(RuntimeWarning, match=r"checkpoint step 4 .* unreadable \(\w+: .*\); using step 2 instead"):
+        state, meta = Checkpointer(tmp_path, keep=3).restore(target=make_state(0))
+    assert meta == {"pos": 2}
+    assert_bit_exact(state, trained)
+
+
+def _corrupt(path, how):
+    data = path.read_bytes()
+    if how == "flip":
+        path.write_bytes(bytes([data[0] ^ 0x01]) + data[1:])
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+
+
+def test_every_file_of_a_corrupt_newest_step_is_caught_before_orbax_reads_it(tmp_path, trained, monkeypatch):
+    """One flipped bit, half a file or a lost file anywhere in the newest step: that step is never handed
+    to orbax (a restore orbax starts and then fails leaves tensorstore reads that report the closed
+    event loop as tracebacks), the previous step is restored, one warning names the file."""
+    src = tmp_path / "src"
+    ck = Checkpointer(src, keep=3)
+    ck.save(1, trained, {"pos": 1})
+    ck.save(2, make_state(5), {"pos": 2})
+    ck.close()
+    files = sorted(f.relative_to(src / "2").as_posix() for f in (src / "2").rglob("*")
+                   if f.is_file() and f.name != DIGEST)
+    assert len(files) >= 8 and "state/manifest.ocdbt" in files  # orbax's layout: state/, meta/, metadata
+    orbax_asked = []
+    real_restore = checkpoint_mod.ocp.CheckpointManager.restore
+    monkeypatch.setattr(checkpoint_mod.ocp.CheckpointManager, "restore",
+                        lambda self, step, **kw: orbax_asked.append(step) or real_restore(self, step, **kw))
+    for i, rel in enumerate(files):
+        how = ("flip", "truncate", "delete")[i % 3]
+        d = tmp_path / f"case{i}"
+        shutil.copytree(src, d)
+        if how == "truncate" and (d / "2" / rel).stat().st_size < 2:
+            how = "flip"
+        _corrupt(d / "2" / rel, how)
+        orbax_asked.clear()
+        with pytest.warns(RuntimeWarning) as caught:
+            state, meta = Checkpointer(d).restore(target=make_state(0))
+        assert meta == {"pos": 1} and orbax_asked == [1], (rel, how, orbax_asked)
+        assert_bit_exact(state, trained)
+        (w,) = [x for x in caught if issubclass(x.category, RuntimeWarning)]
+        assert f"checkpoint step 2 in {d} is unreadable ({rel} " in str(w.message), (rel, how, str(w.message))
+        assert str(w.message).endswith("using step 1 instead")
+
+
+def test_digests_survive_later_saves_and_all_corrupt_is_one_error_naming_the_directory(tmp_path):
+    ck = Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        ck.save(step, make_state(step), {"pos": step})
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{DIGEST}")) == ["2", "3"]  # went with step 1
+    for step in (2, 3):  # later saves and the clean-up of step 1 changed nothing already saved
+        assert checkpoint_mod.digest_problem(tmp_path / str(step)) is None
+        (tmp_path / str(step) / "state" / "extra").write_bytes(b"x")
+        assert checkpoint_mod.digest_problem(tmp_path / str(step)) == "state/extra was not part of the save"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning before the error: the error says it all
+        with pytest.raises(NoReadableCheckpoint) as err:
+            ck.restore(target=make_state(0))
+    first = str(err.value).splitlines()[0]
+    assert first == f"no readable checkpoint in {tmp_path} (steps 3, 2 all corrupt or unreadable)"
+    assert isinstance(err.value, FileNotFoundError)
+    with pytest.raises(NoReadableCheckpoint, match="checkpoint step 2 .* is corrupt: state/extra"):
+        ck.restore(step=2, target=make_state(0))
+
+
+def test_only_closed_loop_reports_of_abandoned_reads_are_dropped():
+    seen = []
+    hook = checkpoint_mod._drops_closed_loop_reports(seen.append)
+
+    def report(exc, obj=None):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None,
+                                     object=obj)
+
+    hook(report(RuntimeError("Event loop is closed")))
+    assert seen == []
+    others = [report(RuntimeError("Event loop is closed"), obj=object()), report(RuntimeError("other")),
+              report(ValueError("Event loop is closed"))]
+    for r in others:
+        hook(r)
+    assert seen == others
 
 
 def test_nnx_module_round_trip(tmp_path):

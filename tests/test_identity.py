@@ -17,6 +17,7 @@ from archcmp.tracking.tracker import read_jsonl
 from archcmp.tracking.wandb_tracker import offline_records
 from hydra_cfg import TINY, compose_cfg
 from train_procs import kill_when, train_cli
+from wandb_files import offline_run_record
 
 TINY2 = [*TINY, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
 RUN = "decoder-nano-addition-s0"
@@ -68,6 +69,36 @@ def test_same_settings_are_skipped_and_bookkeeping_keys_do_not_count(done_run):
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("first, again, diff", [
+    ([], ["optimizer.lr=0.01", "train.skip_complete=false"], "optimizer.lr: 0.003 -> 0.01"),
+    (["task=shakespeare", "run_name=shared"], ["task=shakespeare_bpe", "run_name=shared"],
+     "task.params.tokenizer: 'char' -> 'bpe'"),
+])
+def test_relaunch_with_other_settings_is_refused_before_anything_is_written(first, again, diff, tmp_path):
+    """A complete run's directory (identity, summary, metrics, checkpoint as the command writes them) and
+    the real command relaunched on it with another setting: exit 2, one line naming the key, and every
+    file left as it was -- also with ``train.skip_complete=false``, which once resumed the old
+    checkpoint under the new settings and overwrote the complete summary as failed."""
+    import jax.numpy as jnp
+
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.training.loop import _resolved
+
+    run_dir = tmp_path / "run"
+    identity.write(run_dir, identity.identity_of(_resolved(compose_cfg([*TINY2, *first]))))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "complete", "step": 2, "eval_loss": 1.5}))
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\n{"step": 2, "train_loss": 3.0}\n')
+    with Checkpointer(run_dir / "checkpoints") as ck:
+        ck.save(2, {"w": jnp.ones((3,), jnp.float32)}, {"step": 2})
+    before = _snapshot(run_dir)
+    out = train_cli([*TINY2, *again, "hydra.run.dir=run"], tmp_path)
+    lines = _lines(out.stderr)
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert diff in lines[0] and "train.overwrite=true" in lines[0] and "run_name=" in lines[0], lines[0]
+    assert "skipped" not in out.stdout and "Traceback" not in out.stdout + out.stderr
+    assert _snapshot(run_dir) == before
+
+
 def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_directory(tmp_path):
     char, bpe = compose_cfg(["task=shakespeare"]), compose_cfg(["task=shakespeare_bpe"])
     assert char.run_name == "decoder-nano-shakespeare-s0" and bpe.run_name == "decoder-nano-shakespeare_bpe-s0"
@@ -78,6 +109,8 @@ def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_dire
     with pytest.raises(identity.RunRefused, match=r"task.params.tokenizer: 'char' -> 'bpe'"):
         identity.check(tmp_path, _resolved(bpe))
     assert identity.check(tmp_path, _resolved(compose_cfg(["task=shakespeare", "train.progress=false"])))
+    with pytest.raises(identity.RunRefused, match=r"device.name: 'cpu' -> 'gpu'"):  # the device is part of it
+        identity.check(tmp_path, _resolved(compose_cfg(["task=shakespeare", "device=gpu"])))
 
 
 def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
@@ -220,6 +253,10 @@ def test_killed_wandb_run_resumes_into_one_wandb_run_holding_every_step_once(tmp
     assert sorted(steps) == list(range(1, 41)), steps  # every logged step, exactly once
     logged = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r}
     assert sorted(logged) == list(range(1, 41))
+    # tokens/s counts no step that compiled: the first step of each process (step 1, and step 11 right
+    # after the resume from 10) reports nothing measured yet, every later one a rate
+    assert [s for s, r in logged.items() if r["tokens_per_sec"] == 0] == [1, 11], logged
+    assert summary["tokens_per_sec"] == logged[40]["tokens_per_sec"] > 0
 
 
 def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
@@ -235,16 +272,19 @@ def test_environment_wandb_mode_wins_with_one_warning_line(capsys, monkeypatch):
 # ---- sweeps -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
-    first = train_cli(["-m", "seed=0", "experiment_name=two", *TINY2], tmp_path)
+    """Two sweeps left at experiment_name=default share multirun/default: the second reports its own two
+    jobs (the first's run listed apart), each launch keeps its multirun.yaml, and the second's wandb runs
+    are grouped by the folder and what the sweep varies."""
+    first = train_cli(["-m", "seed=0", *TINY2], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = train_cli(["-m", "seed=1,2", "experiment_name=two", *TINY2], tmp_path)
+    second = train_cli(["-m", "seed=1,2", "logger=wandb", *TINY2], tmp_path, env={"WANDB_MODE": None})
     assert second.returncode == 0, second.stderr[-2000:]
     table = [line for line in second.stdout.splitlines() if line.startswith("| decoder-")]
     assert sorted(line.split("|")[1].strip() for line in table) == ["decoder-nano-addition-s1",
                                                                       "decoder-nano-addition-s2"], second.stdout
     assert "sweep: 2 runs: 2 completed" in second.stdout
     assert "1 run(s) from earlier launches" in second.stdout
-    sweep = tmp_path / "multirun" / "two"
+    sweep = tmp_path / "multirun" / "default"
     report = (sweep / "comparison.md").read_text()
     own, earlier = report.split("## Earlier runs")
     assert "s0" not in own and "decoder-nano-addition-s0" in earlier
@@ -252,6 +292,9 @@ def test_second_sweep_in_the_same_folder_reports_only_its_own_jobs(tmp_path):
     assert len(launches) == 2 and all((d / "multirun.yaml").exists() for d in launches)
     assert "seed=0" in (launches[0] / "multirun.yaml").read_text()
     assert "seed=1,2" in (launches[1] / "multirun.yaml").read_text()
+    for seed in (1, 2):
+        run = offline_run_record(sweep / f"decoder-nano-addition-s{seed}")
+        assert run.run_group == "default sweep over seed" and run.display_name == f"decoder-nano-addition-s{seed}"
 
 
 @pytest.mark.slow
@@ -311,30 +354,63 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
     assert logged == list(range(1, 401))  # each step once: nothing lost, nothing repeated
 
 
-@pytest.mark.slow
-def test_corrupt_checkpoints_fall_back_in_one_line_or_stop_in_one_line(tmp_path):
+NOISE = ("Traceback", "Event loop is closed", "ERROR", "tensorstore")
+
+
+@pytest.mark.slow  # trains through the real command line in a child process
+def test_corrupt_newest_checkpoint_gives_one_warning_line_and_resumes_from_the_step_before(tmp_path):
     args = [*TINY, "train.steps=4", "train.checkpoint_every=2", "hydra.run.dir=run"]
-    first = train_cli([*args, "train.steps=4"], tmp_path)
+    first = train_cli(args, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    run_dir = tmp_path / "run"
-    ckpts = run_dir / "checkpoints"
-    (run_dir / "summary.json").unlink()  # as if killed after the last save: relaunch resumes
-    for f in (ckpts / "4" / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(b"garbage")
+    run_dir, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    (run_dir / "summary.json").unlink()  # as if killed after the last save: the relaunch resumes
+    # the issue's case (the top OCDBT manifest) and an array data file of the same step
+    manifest = (ckpts / "4" / "state" / "manifest.ocdbt").stat().st_size
+    (ckpts / "4" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+    data = max((f for f in (ckpts / "4" / "state").rglob("*") if f.is_file() and "/d/" in f.as_posix()),
+               key=lambda f: f.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     out = train_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = _lines(out.stderr)
-    assert len(lines) == 1 and "checkpoint step 4" in lines[0] and "unreadable" in lines[0], out.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == 2
-    (run_dir / "summary.json").unlink()
-    for step in ("2", "4"):
-        for f in (ckpts / step / "state").rglob("*"):
-            if f.is_file() and f.stat().st_size > 0:
-                f.write_bytes(b"garbage")
-    out = train_cli(args, tmp_path)
-    lines = _lines(out.stderr)
-    assert out.returncode == 2 and len(lines) >= 1, out.stderr
-    last = lines[-1]
-    assert str(ckpts) in last and "train.resume=false" in last, out.stderr
-    assert len(lines) <= 3, out.stderr  # the warnings of the two unreadable steps, then the error
+    both = out.stdout + out.stderr
+    told = [line for line in _lines(both) if "checkpoint" in line]
+    assert told == [f"archcmp-train: warning: checkpoint step 4 in {ckpts} is unreadable (state/manifest.ocdbt has "
+                    f"7 bytes, {manifest} were saved, and 1 more file); using step 2 instead"], both
+    assert _lines(out.stderr) == told, out.stderr  # nothing else on stderr: no traceback of any kind
+    assert not [n for n in NOISE if n in both], both
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from"] == 2 and summary["step"] == 4
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert logged == [1, 2, 3, 4]  # steps 3-4 trained again, each logged once
+    from archcmp.training.checkpoint import digest_problem
+
+    assert digest_problem(ckpts / "4") is None  # step 4 saved anew, whole
+
+
+def test_all_checkpoints_corrupt_stops_in_one_line_naming_the_directory(tmp_path):
+    """A run directory of these very settings whose every checkpoint was damaged after its save: the
+    relaunch stops before training with one line naming the directory and ``train.resume=false``."""
+    import jax.numpy as jnp
+
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.training.loop import _resolved
+
+    args = [*TINY, "train.steps=4", "train.checkpoint_every=2"]
+    run_dir = tmp_path / "run"
+    identity.write(run_dir, identity.identity_of(_resolved(compose_cfg(args))))  # the relaunch's own settings
+    ckpts = run_dir / "checkpoints"
+    ck = Checkpointer(ckpts)
+    for step in (2, 4):
+        ck.save(step, {"w": jnp.full((3,), step, jnp.float32)}, {"step": step})
+    ck.close()
+    (ckpts / "4" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+    (ckpts / "2" / "meta" / "metadata").write_text("{}")
+    out = train_cli([*args, "hydra.run.dir=run"], tmp_path)
+    both = out.stdout + out.stderr
+    assert out.returncode == 2, both[-3000:]
+    assert _lines(out.stderr) == [
+        f"archcmp-train: error: train.resume=true: no readable checkpoint in {ckpts} (steps 4, 2 all corrupt or "
+        "unreadable); relaunch with train.resume=false to train from the start (or train.overwrite=true to "
+        "keep the old run aside)"], out.stderr
+    assert not [n for n in NOISE if n in both], both
+    assert not (run_dir / "metrics.jsonl").exists() or not read_jsonl(run_dir / "metrics.jsonl")  # nothing trained

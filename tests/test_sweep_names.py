@@ -2,7 +2,7 @@
 and keys that cannot change a result (logger, launcher, bookkeeping), are not."""
 from omegaconf import OmegaConf
 
-from archcmp.training.sweep_names import suffix, swept_keys, template_references
+from archcmp.training.sweep_names import suffix, sweep_group, swept_keys, template_references
 from hydra_cfg import compose_cfg
 
 DEFAULT = "${arch.name}-${size.name}-${oc.select:task.label,${task.name}}-s${seed}"
@@ -54,3 +54,10 @@ def test_a_template_that_names_each_job_apart_gets_no_suffix():
     assert suffix(cfg, "r${hydra:job.num}", {}, ["a.eps"]) == ""
     assert suffix(cfg, "r${hydra.job.num}-${seed}", {}, ["a.eps"]) == ""
     assert suffix(cfg, "r${seed}", {}, ["a.eps"]) == "-eps1"
+
+
+def test_a_sweep_without_a_name_is_grouped_by_its_folder_and_what_it_varies():
+    keys = swept_keys(["seed=0,1", "arch=decoder,encoder", "train.steps=2"], None)
+    assert sweep_group("default", keys) == "default sweep over seed, arch"
+    assert sweep_group("default", swept_keys(["optimizer.lr=1e-3,3e-3"], None)) == "default sweep over optimizer.lr"
+    assert sweep_group("mysweep", []) == "mysweep sweep"

@@ -58,6 +58,11 @@ def _records(run_dir: Path, timeout: float):
         time.sleep(0.1)
 
 
+def offline_run_record(run_dir: Path, timeout: float = 30.0):
+    """The ``run`` record (name, group, tags, config) of the single offline wandb run under ``run_dir``."""
+    return next(r.run for r in _records(run_dir, timeout) if r.WhichOneof("record_type") == "run")
+
+
 def offline_summary(run_dir: Path, timeout: float = 30.0) -> dict:
     """The run summary as the offline run recorded it (later updates win)."""
     out: dict = {}

@@ -162,6 +162,7 @@ def start(device: DeviceSettings, dist: DistributedSettings) -> None:
     """Flags, multi-process start and platform check, in that order; before anything compiles."""
     import jax
 
+    quiet_libraries()  # JAX's INFO lines on the backends it could not start are no part of a one-line error
     fresh = not backends_started()
     if fresh:
         _add_env_flags("XLA_FLAGS", device.xla_flags)

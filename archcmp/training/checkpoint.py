@@ -13,14 +13,25 @@ mid-save leaves the previous checkpoint intact; leftover tmp dirs are ignored an
 next :class:`Checkpointer` is opened. ``restore()`` without a step falls back to the newest step that
 actually restores if a newer one is unreadable.
 
+Corruption is caught before orbax reads anything: after each save the step directory gets a
+``digest.json`` (size and BLAKE2 hash of every file), and a step whose files no longer match it is
+skipped without being handed to orbax. A restore that orbax starts and then fails part-way leaves
+tensorstore reads in flight whose completions hit the asyncio loop orbax already closed; each one
+lands in ``sys.unraisablehook`` as ``RuntimeError('Event loop is closed')`` (dozens to hundreds
+of tracebacks). Checking first avoids that for every checkpoint saved here; for a step without a
+digest (saved before digests, or killed between orbax's commit and the digest write) orbax is
+tried, and those stray reports of the abandoned attempt -- and only those -- are dropped.
+
 Typed PRNG keys (``jax.random.key``) and raw ``uint32`` keys both round trip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +43,78 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 STATE, META = "state", "meta"
+DIGEST = "digest.json"  # inside each step directory: {relative path: [size, blake2b hex]}
+
+
+class NoReadableCheckpoint(FileNotFoundError):
+    """No checkpoint (of the asked step, or at all) that passes its digest and restores."""
+
+
+def _file_digests(step_dir: Path) -> dict[str, list]:
+    """``{path relative to step_dir: [size, blake2b-128 hex]}`` of every file but the digest itself (and
+    its temp file, which a save killed while writing it leaves behind)."""
+    out = {}
+    for f in sorted(step_dir.rglob("*")):
+        if f.is_file() and not f.name.startswith(DIGEST):
+            with open(f, "rb") as fh:
+                h = hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16))
+            out[f.relative_to(step_dir).as_posix()] = [f.stat().st_size, h.hexdigest()]
+    return out
+
+
+def write_digest(step_dir: Path) -> None:
+    """Record the files of a finished save (written to a temp name, then renamed: never half a digest)."""
+    tmp = step_dir / (DIGEST + ".tmp")
+    tmp.write_text(json.dumps(_file_digests(step_dir), indent=0, sort_keys=True))
+    tmp.replace(step_dir / DIGEST)
+
+
+def digest_problem(step_dir: Path) -> str | None:
+    """Why ``step_dir`` no longer holds what was saved (a missing, changed or added file), or None when it
+    matches its digest or has none to check against."""
+    path = step_dir / DIGEST
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"its {DIGEST} is unreadable"
+    now = _file_digests(step_dir)
+    problems = []
+    for rel in sorted(saved.keys() | now.keys()):
+        if rel not in now:
+            problems.append(f"{rel} is missing")
+        elif rel not in saved:
+            problems.append(f"{rel} was not part of the save")
+        elif now[rel][0] != saved[rel][0]:
+            problems.append(f"{rel} has {now[rel][0]} bytes, {saved[rel][0]} were saved")
+        elif now[rel][1] != saved[rel][1]:
+            problems.append(f"{rel} differs from the saved file")
+    if len(problems) > 1:
+        return f"{problems[0]}, and {len(problems) - 1} more file{'s' if len(problems) > 2 else ''}"
+    return problems[0] if problems else None
+
+
+def _drops_closed_loop_reports(previous):
+    """An unraisable hook that ignores ``RuntimeError('Event loop is closed')`` reported without an
+    object (tensorstore completing a read of an abandoned orbax restore) and passes all else on."""
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if (unraisable.object is None and isinstance(exc, RuntimeError)
+                and str(exc) == "Event loop is closed"):
+            return
+        previous(unraisable)
+
+    hook.archcmp_drops_closed_loop = True
+    return hook
+
+
+def _quiet_abandoned_reads() -> None:
+    """Install :func:`_drops_closed_loop_reports` (once, for the rest of the process: the stray reports
+    of a failed restore come while it unwinds and for a while after)."""
+    if not getattr(sys.unraisablehook, "archcmp_drops_closed_loop", False):
+        sys.unraisablehook = _drops_closed_loop_reports(sys.unraisablehook)
 
 
 def _json_default(x: Any) -> Any:
@@ -131,12 +214,14 @@ class Checkpointer:
         if not (force or self.should_save(step)):
             return False
         meta = json.loads(json.dumps(dict(meta or {}), default=_json_default))  # fail early, plain types
-        if step in self.all_steps():
-            log.info("replacing existing checkpoint at step %d", step)
+        if step in self.all_steps():  # e.g. a corrupt step skipped on resume, now saved anew
+            log.debug("replacing existing checkpoint at step %d", step)
             self._mgr.delete(step)
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)})
         saved = self._mgr.save(step, args=args, force=True)
         self._mgr.wait_until_finished()
+        if saved and jax.process_index() == 0:
+            write_digest(self.directory / str(step))
         return bool(saved)
 
     def wait(self) -> None:
@@ -145,8 +230,13 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------ restore
     def _restore_step(self, step: int, target: Any) -> tuple[Any, dict]:
+        """Restore one step after checking it against its digest; raises on anything unreadable."""
+        problem = digest_problem(self.directory / str(step))
+        if problem is not None:
+            raise NoReadableCheckpoint(f"checkpoint step {step} in {self.directory} is corrupt: {problem}")
         state_args = ocp.args.StandardRestore(None if target is None else abstract_target(target))
         args = ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()})
+        _quiet_abandoned_reads()  # before: the stray reports start while the failed restore unwinds
         out = self._mgr.restore(step, args=args)
         return out[STATE], dict(out[META] or {})
 
@@ -158,27 +248,41 @@ class Checkpointer:
         shapes and placement. Without a target orbax returns its generic structure (NamedTuples
         become dicts/lists), so pass one for optimizer states.
 
-        With ``step=None`` the newest checkpoint is used; if it cannot be read, older ones are tried
-        (with a warning). Raises ``FileNotFoundError`` if there is no usable checkpoint.
+        With ``step=None`` the newest checkpoint is used; if it is corrupt or cannot be read, older
+        ones are tried and a single ``RuntimeWarning`` names the skipped steps, why, and the step
+        used. Raises :class:`NoReadableCheckpoint` (a ``FileNotFoundError``) if no checkpoint is
+        usable -- its first line names the directory -- or if the asked ``step`` is missing or corrupt.
         """
         if step is not None:
             if int(step) not in self.all_steps():
-                raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}")
+                raise NoReadableCheckpoint(f"no checkpoint for step {step} in {self.directory}")
             return self._restore_step(int(step), target)
         steps = self.all_steps()
         if not steps:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        errors = []
+            raise NoReadableCheckpoint(f"no checkpoint in {self.directory}")
+        skipped: list[tuple[int, str]] = []
         for s in reversed(steps):
             try:
                 result = self._restore_step(s, target)
-            except Exception as e:  # noqa: BLE001 - corrupt / partial checkpoint: try an older one
-                errors.append(f"step {s}: {type(e).__name__}: {e}")
-                msg = f"checkpoint step {s} in {self.directory} is unreadable ({type(e).__name__}); trying older"
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            except NoReadableCheckpoint as e:
+                skipped.append((s, str(e).split(": ", 1)[1]))
                 continue
+            except Exception as e:  # noqa: BLE001 - unreadable to orbax: try an older one
+                reason = " ".join(str(e).split())
+                skipped.append((s, f"{type(e).__name__}: {reason[:160]}{'...' if len(reason) > 160 else ''}"))
+                continue
+            if len(skipped) == 1:
+                (k, why), = skipped
+                warnings.warn(f"checkpoint step {k} in {self.directory} is unreadable ({why}); using step {s} "
+                              "instead", RuntimeWarning, stacklevel=2)
+            elif skipped:
+                told = "; ".join(f"step {k}: {why}" for k, why in skipped)
+                warnings.warn(f"checkpoint steps {', '.join(str(k) for k, _ in skipped)} in {self.directory} are "
+                              f"unreadable ({told}); using step {s} instead", RuntimeWarning, stacklevel=2)
             return result
-        raise FileNotFoundError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(errors))
+        raise NoReadableCheckpoint(f"no readable checkpoint in {self.directory} (steps "
+                                   f"{', '.join(str(k) for k, _ in skipped)} all corrupt or unreadable)\n"
+                                   + "\n".join(f"step {k}: {why}" for k, why in skipped))
 
     def restore_latest_or_none(self, target: Any = None) -> tuple[Any, dict] | None:
         """``restore(target=target)`` or ``None`` when the directory holds no checkpoint (fresh run)."""

@@ -360,7 +360,7 @@ class _StopRequest:
 
 
 def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
-    """Restore a member's checkpoint: an unreadable newest one -> one warning line per skipped step
+    """Restore a member's checkpoint: an unreadable newest one -> one warning line naming the skipped step(s)
     and the fallback; none readable -> one config-error line naming the directory."""
     import warnings
 
@@ -425,9 +425,10 @@ def _wandb_options(m: Any, mcfg: Any, run_dir: Path, fresh: bool) -> dict:
     """``make_tracker`` arguments of a member's wandb run: its stable id (a new one when the run
     starts again from step 0 with ``train.resume=false``), ``resume="allow"``, and its group:
     ``logger.group``, else ``experiment_name``, else (a sweep left at ``default``) the sweep
-    directory's name."""
+    directory's name and the keys it varies."""
     from archcmp.tracking.tracker import to_jsonable
     from archcmp.tracking.wandb_tracker import stable_run_id
+    from archcmp.training.sweep_names import env_swept, sweep_group
 
     group = m.logger.get("group") or (m.experiment if m.experiment != "default" else None)
     if group is None:
@@ -436,7 +437,8 @@ def _wandb_options(m: Any, mcfg: Any, run_dir: Path, fresh: bool) -> dict:
             from hydra.types import RunMode
 
             hc = HydraConfig.get()
-            group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else m.experiment
+            multirun = hc.mode == RunMode.MULTIRUN
+            group = sweep_group(Path(hc.sweep.dir).name, env_swept()) if multirun else m.experiment
         except ValueError:  # not under Hydra
             group = m.experiment
     return dict(project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),

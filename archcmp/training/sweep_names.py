@@ -111,6 +111,14 @@ def env_swept() -> list[str]:
     return [k for k in os.environ.get(SWEPT_ENV, "").split() if k]
 
 
+def sweep_group(sweep_dir_name: str, swept: Iterable[str]) -> str:
+    """The wandb group of a sweep's jobs when no ``logger.group`` / ``experiment_name`` names one: the
+    sweep folder and the keys the sweep varies (``default sweep over arch, seed``) -- the same on a
+    relaunch of the same sweep, apart for sweeps over other keys."""
+    swept = list(swept)
+    return f"{sweep_dir_name} sweep over {', '.join(swept)}" if swept else f"{sweep_dir_name} sweep"
+
+
 def _resolve(*, _root_: Any) -> str:
     """The ``${archcmp.swept:}`` resolver: the suffix of this job (empty outside a sweep)."""
     from omegaconf import OmegaConf
