@@ -268,3 +268,32 @@ def test_abstract_target_leaves():
     assert t["a"].dtype == np.int16 and t["a"].sharding is not None
     assert t["b"].shape == (3,) and t["d"].sharding is not None
     assert t["c"] == 5
+
+
+def test_members_resume_from_the_newest_step_all_of_them_hold_intact(tmp_path):
+    """train.num_seeds=k: one member's newest step damaged -> every member resumes from the previous step
+    (one warning naming the damaged member step and the step used); no intact common step -> one
+    config error naming the group directory and train.resume=false."""
+    from archcmp.model.config import ConfigError
+    from archcmp.training.ensemble import resume_step
+
+    group = tmp_path / "group"
+    cks = [Checkpointer(group / f"m{i}" / "checkpoints", keep=3) for i in range(3)]
+    for step in (2, 4):
+        for i, ck in enumerate(cks):
+            ck.save(step, make_state(step + i), {"pos": step})
+    assert resume_step(cks) == 4
+    _corrupt(group / "m1" / "checkpoints" / "4" / "state" / "manifest.ocdbt", "truncate")
+    with pytest.warns(RuntimeWarning) as caught:
+        assert resume_step(cks) == 2
+    (w,) = [x for x in caught if issubclass(x.category, RuntimeWarning)]
+    assert str(w.message).startswith(f"checkpoint step 4 is damaged ({group / 'm1' / 'checkpoints' / '4'}: "
+                                     "state/manifest.ocdbt has ")
+    assert str(w.message).endswith("every member resumes from step 2 instead")
+    _corrupt(group / "m2" / "checkpoints" / "2" / "meta" / "metadata", "delete")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError) as err:
+            resume_step(cks)
+    msg = str(err.value)
+    assert "\n" not in msg and f"under {group} " in msg and "train.resume=false" in msg

@@ -387,6 +387,33 @@ def test_corrupt_newest_checkpoint_gives_one_warning_line_and_resumes_from_the_s
     assert digest_problem(ckpts / "4") is None  # step 4 saved anew, whole
 
 
+@pytest.mark.slow  # trains through the real command line in a child process
+def test_members_fall_back_together_when_one_members_newest_step_is_damaged(tmp_path):
+    """train.num_seeds=2: member s1's newest step damaged after its save -> one warning line, both members
+    resume from the step before and end exactly where the undamaged run ended."""
+    args = [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.num_seeds=2", "hydra.run.dir=run"]
+    first = train_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    members = sorted(p.parent for p in (tmp_path / "run").glob("*/summary.json"))
+    assert len(members) == 2
+    before = [json.loads((m / "summary.json").read_text())["eval_loss"] for m in members]
+    for m in members:
+        (m / "summary.json").unlink()  # as if killed after the last save
+    damaged = members[1] / "checkpoints" / "4"
+    manifest = damaged / "state" / "manifest.ocdbt"
+    size = manifest.stat().st_size
+    manifest.write_bytes(manifest.read_bytes()[: size // 2])
+    out = train_cli(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    both = out.stdout + out.stderr
+    assert _lines(out.stderr) == [
+        f"archcmp-train: warning: checkpoint step 4 is damaged ({damaged}: state/manifest.ocdbt has {size // 2} "
+        f"bytes, {size} were saved); every member resumes from step 2 instead"], out.stderr
+    assert not [n for n in NOISE if n in both], both
+    after = [json.loads((m / "summary.json").read_text()) for m in members]
+    assert [a["resumed_from"] for a in after] == [2, 2] and [a["eval_loss"] for a in after] == before
+
+
 def test_all_checkpoints_corrupt_stops_in_one_line_naming_the_directory(tmp_path):
     """A run directory of these very settings whose every checkpoint was damaged after its save: the
     relaunch stops before training with one line naming the directory and ``train.resume=false``."""

@@ -189,6 +189,16 @@ class Checkpointer:
         self._mgr.reload()
         return sorted(int(s) for s in self._mgr.all_steps())
 
+    def damaged_steps(self) -> dict[int, str]:
+        """``{step: what is wrong}`` for the steps whose files no longer match their digest (steps saved
+        without a digest are not judged here; orbax may still fail on them)."""
+        out = {}
+        for s in self.all_steps():
+            problem = digest_problem(self.directory / str(s))
+            if problem is not None:
+                out[s] = problem
+        return out
+
     def latest_step(self) -> int | None:
         steps = self.all_steps()
         return steps[-1] if steps else None

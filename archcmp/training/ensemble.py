@@ -123,17 +123,35 @@ def member_dirs(run_dir: str | Path) -> list[Path]:
 # ---- resume ---------------------------------------------------------------------------------------
 def resume_step(ckpts: list) -> int | None:
     """The step to resume from: the newest checkpoint (k=1; an unreadable one falls back to an
-    older one in ``restore``) or the newest step every member has saved (k>1; with at least two
-    checkpoints kept, a run killed between the members' saves still has one)."""
+    older one in ``restore``) or the newest step every member has saved intact (k>1; with at least
+    two checkpoints kept, a run killed between the members' saves still has one). For k>1 a step
+    that any member holds damaged (its files no longer match the digest written at save time) is
+    passed over with one warning naming it and the step used; when no common step is intact, the
+    error names the directory and ``train.resume=false``."""
     if len(ckpts) == 1:
         return ckpts[0].latest_step()
     saved = [set(c.all_steps()) for c in ckpts]
     common = set.intersection(*saved)
+    damaged: dict[int, str] = {}
+    for c in ckpts:
+        for s, why in c.damaged_steps().items():
+            if s in common and s not in damaged:
+                damaged[s] = f"{c.directory / str(s)}: {why}"
+    usable = common - set(damaged)
+    if damaged and max(common) in damaged:
+        newest = max(common)
+        if not usable:
+            raise ConfigError(f"train.resume=true: no intact checkpoint step common to the {len(ckpts)} members "
+                              f"under {Path(ckpts[0].directory).parent.parent} (step {newest} is damaged: "
+                              f"{damaged[newest]}); relaunch with train.resume=false to train from the start "
+                              "(or train.overwrite=true to keep the old run aside)")
+        warnings.warn(f"checkpoint step {newest} is damaged ({damaged[newest]}); every member resumes from "
+                      f"step {max(usable)} instead", RuntimeWarning, stacklevel=2)
     if not common and any(saved):
         warnings.warn(f"train.num_seeds={len(ckpts)}: the members have no checkpointed step in common "
                       f"({[sorted(x) for x in saved]}); training all of them from the start", RuntimeWarning,
                       stacklevel=2)
-    return max(common) if common else None
+    return max(usable) if usable else None
 
 
 # ---- engines ---------------------------------------------------------------------------------------

@@ -214,7 +214,9 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     keep = ts.keep_checkpoints if k == 1 else max(ts.keep_checkpoints, 2)
     members = [Member(m, d, train_stream(m.seed),
                        Checkpointer(d / "checkpoints", keep=keep)) for m, d in zip(settings, dirs)]
-    step, resume_at = 0, ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
+    with _warnings_as_lines():
+        resume_at = ensemble.resume_step([m.ckpt for m in members]) if ts.resume else None
+    step = 0
     if resume_at is not None:
         for i, mem in enumerate(members):
             states[i], meta = _restore(mem.ckpt, None if k == 1 else resume_at, states[i])
@@ -359,23 +361,30 @@ class _StopRequest:
             self._previous = None
 
 
-def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
-    """Restore a member's checkpoint: an unreadable newest one -> one warning line naming the skipped step(s)
-    and the fallback; none readable -> one config-error line naming the directory."""
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Runtime warnings raised inside (checkpoint fallbacks) printed as one ``archcmp-train: warning:`` line
+    each, without Python's file/line header."""
     import warnings
-
-    from archcmp.training.settings import ConfigError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
+        yield
+    for w in caught:
+        print(f"archcmp-train: warning: {w.message}", file=sys.stderr)
+
+
+def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
+    """Restore a member's checkpoint: an unreadable newest one -> one warning line naming the skipped step(s)
+    and the fallback; none readable -> one config-error line naming the directory."""
+    from archcmp.training.settings import ConfigError
+
+    with _warnings_as_lines():
         try:
-            out = ckpt.restore(step=step, target=target)
+            return ckpt.restore(step=step, target=target)
         except FileNotFoundError as err:
             raise ConfigError(f"train.resume=true: {str(err).splitlines()[0]}; relaunch with train.resume=false "
                               "to train from the start (or train.overwrite=true to keep the old run aside)") from None
-    for w in caught:
-        print(f"archcmp-train: warning: {w.message}", file=sys.stderr)
-    return out
 
 
 def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
