@@ -12,9 +12,8 @@ sections, ``experiments/compile_time.py``) switch it off themselves.
 The README's fast set runs on two pytest-xdist workers (``-n 2``) that share the cache. A size
 limit is set so JAX guards every cache read and write with a file lock (without one it writes
 entries in place, and a worker could read another's half-written entry). Tests are handed out
-a whole module at a time (``--dist loadgroup``; see ``pytest_collection_modifyitems``), so a
-module's fixtures are built once, and every module that uses the session's ``tiny_runs`` goes
-to the same worker, so those runs are trained once.
+a whole module at a time (``--dist loadfile``), so a module's fixtures are built once; the
+session's ``tiny_runs`` are trained once for both workers (see the fixture).
 """
 import os
 import sys
@@ -58,31 +57,41 @@ if _CACHE_ENV and "jax" in sys.modules:  # a plugin imported JAX first: set the 
 import pytest  # noqa: E402  (after the cache environment is set: pytest plugins may import JAX)
 
 
-def pytest_collection_modifyitems(config, items):
-    """One xdist group per test module (its module fixtures are built once, on one worker); the
-    modules that use ``tiny_runs`` share one group, so the session's tiny runs are trained once."""
-    modules = {item.nodeid.split("::")[0] for item in items if "tiny_runs" in item.fixturenames}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("tiny_runs" if module in modules else module))
-
-
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """One tiny training run per architecture (hydra_cfg.TINY), shared by every file that needs
     a finished run: arch -> (run_dir, summary). Each run sits alone in its own parent directory
-    with the ``.hydra/config.yaml`` a real run writes, so analysis CLIs can be pointed at it."""
+    with the ``.hydra/config.yaml`` a real run writes, so analysis CLIs can be pointed at it.
+
+    Trained once per suite run, also on two xdist workers: the runs live in the directory the
+    workers' temporary directories share, and a file lock lets the first worker train them while
+    the other waits and then reads them (``summary`` is the run's ``summary.json`` either way)."""
+    import fcntl
+    import json
+
     from omegaconf import OmegaConf
 
-    from archcmp.training.loop import train
     from hydra_cfg import TINY, compose_cfg
 
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "tiny-runs"
+    root.mkdir(exist_ok=True)
+    archs = ("encoder", "decoder", "prefix_lm", "encdec")
+    with open(shared / "tiny-runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "done").exists():
+            from archcmp.training.loop import train
+
+            for arch in archs:
+                cfg = compose_cfg([f"arch={arch}", *TINY])
+                run_dir = root / f"tiny-{arch}" / f"{arch}-nano"
+                train(cfg, run_dir)
+                (run_dir / ".hydra").mkdir()
+                OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
+            (root / "done").touch()
     runs = {}
-    for arch in ("encoder", "decoder", "prefix_lm", "encdec"):
-        cfg = compose_cfg([f"arch={arch}", *TINY])
-        run_dir = tmp_path_factory.mktemp(f"tiny-{arch}") / f"{arch}-nano"
-        summary = train(cfg, run_dir)
-        (run_dir / ".hydra").mkdir()
-        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
-        runs[arch] = (run_dir, summary)
+    for arch in archs:
+        run_dir = root / f"tiny-{arch}" / f"{arch}-nano"
+        runs[arch] = (run_dir, json.loads((run_dir / "summary.json").read_text()))
     return runs

@@ -1,4 +1,5 @@
 """Literal 0/1 mask matrices for every architecture (t5x-style mask tests)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -241,11 +242,13 @@ def test_cached_rows_equal_the_full_mask(kind, pattern):
     seg = jnp.array([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
     pos = jnp.array([[0, 0, 0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
     prefix = jnp.array([[0, 0, 1, 1, 1, 0, 0, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]], dtype=bool)
-    full = np.asarray(masks.self_attention_mask(kind, seg, pos, prefix, **pattern))  # [B, 1, T, T]
+    # one compiled program per query shape (op-by-op dispatch would compile every op at every shape)
+    mask = jax.jit(masks.self_attention_mask, static_argnums=0, static_argnames=("pattern", "window", "stride"))
+    full = np.asarray(mask(kind, seg, pos, prefix, **pattern))  # [B, 1, T, T]
     T = seg.shape[1]
     for t in range(T):
         for stop in (t + 1, T):
-            got = masks.self_attention_mask(kind, seg[:, t:stop], pos[:, t:stop], prefix, **pattern,
-                                            key_segment_ids=seg, key_positions=pos)
+            got = mask(kind, seg[:, t:stop], pos[:, t:stop], prefix, **pattern,
+                       key_segment_ids=seg, key_positions=pos)
             np.testing.assert_array_equal(np.asarray(got), full[:, :, t:stop], err_msg=f"t={t} stop={stop}")
     assert full.sum() < full.size // 2  # the masks are not all-visible: the comparison has teeth

@@ -98,12 +98,21 @@ def test_loader_wandb_offline_is_a_clear_error(monkeypatch):
         load_runs(["wandb:someone/project"])
 
 
-def test_cli_writes_table_csv_and_plots(tmp_path):
-    root = make_sweep(tmp_path / "sweep")
+@pytest.fixture(scope="module")
+def cli_out(tmp_path_factory):
+    """One CLI run on the fake sweep (a failed run beside it), logged to an offline wandb run:
+    the table, CSVs, plots and the wandb record are checked by the tests below."""
+    root = make_sweep(tmp_path_factory.mktemp("scaling") / "sweep")
     write_run(root, "decoder/failed", arch="decoder", status="failed", seed=0, eval_loss=9.0)
-    rc = scaling.run_cli([str(root), "--bootstrap", "4", "--grid", "coarse"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        rc = scaling.run_cli([str(root), "--bootstrap", "4", "--grid", "coarse", "--wandb", "--wandb-mode", "offline"])
     assert rc == 0
-    out = root / "analysis" / "scaling"
+    return root / "analysis" / "scaling"
+
+
+def test_cli_writes_table_csv_and_plots(cli_out):
+    out = cli_out
     table = (out / "table.md").read_text()
     header = [c.strip() for c in table.splitlines()[2].split("|")[2:-1]]
     assert header == ["decoder", "encoder"]
@@ -175,17 +184,13 @@ def test_frontier_bootstrap_gives_a_gamma_interval_around_the_point_fit(tmp_path
     assert table.loc["D_opt @ C=1e+14", "decoder"] != "—"
 
 
-def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(tmp_path, monkeypatch):
+def test_cli_logs_its_table_and_figures_to_wandb_like_the_other_analyses(cli_out):
     # the shared --wandb options (archcmp.analysis.common.wandb_log): one offline run with the table and plots
     import time
 
     from archcmp.tracking.wandb_tracker import offline_records
 
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    root = make_sweep(tmp_path / "sweep")
-    rc = scaling.run_cli([str(root), "--bootstrap", "2", "--grid", "coarse", "--wandb", "--wandb-mode", "offline"])
-    assert rc == 0
-    out = root / "analysis" / "scaling"
+    out = cli_out
     files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
     deadline, logged = time.monotonic() + 30, set()

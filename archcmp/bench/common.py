@@ -18,6 +18,7 @@ import numpy as np
 from archcmp.data import vocab
 from archcmp.model.config import ARCHS, ModelConfig
 from archcmp.training.settings import OptimSettings
+from archcmp.model.archs import arch_spec
 
 SECTIONS = ("mfu", "train", "compile", "decode", "ensemble")
 INSTALL_HINT = 'pip install -e ".[bench]"  (torch==2.13.0 CPU build + transformers)'
@@ -191,7 +192,7 @@ class CPUShare:
 # ---- shapes and batches --------------------------------------------------------------------------
 def model_config(arch: str, size: str, vocab_size: int, max_len: int, **extra: Any) -> ModelConfig:
     single, encdec = SHAPES[size]
-    shape = encdec if arch == "encdec" else single
+    shape = encdec if arch_spec(arch).encoder_stack else single
     return ModelConfig(arch=arch, vocab_size=vocab_size, max_len=max_len, tie_embeddings=True,
                        **STYLE[arch], **{**shape, **extra})
 
@@ -206,12 +207,13 @@ def make_batch(arch: str, batch: int, seq: int, vocab_size: int, seed: int = 0) 
     ones = np.ones((batch, seq), np.int32)
     out = {"inputs": tokens(), "targets": tokens(), "segment_ids": ones, "positions": pos}
     weights = np.ones((batch, seq), np.float32)
-    if arch == "prefix_lm":
+    spec = arch_spec(arch)
+    if spec.prompt_is_prefix:
         out["prefix_mask"] = pos < seq // 2
         weights = (~out["prefix_mask"]).astype(np.float32)
-    elif arch == "encoder":
+    elif spec.mask_fill:
         weights = (rng.random((batch, seq)) < 0.15).astype(np.float32)
-    elif arch == "encdec":
+    elif spec.encoder_stack:
         out.update(enc_inputs=tokens(), enc_segment_ids=ones.copy(), enc_positions=pos.copy())
     out["weights"] = weights
     return out
@@ -219,7 +221,7 @@ def make_batch(arch: str, batch: int, seq: int, vocab_size: int, seed: int = 0) 
 
 def tokens_per_row(arch: str, seq: int) -> int:
     """Positions processed per row: encoder and decoder positions for encdec."""
-    return 2 * seq if arch == "encdec" else seq
+    return 2 * seq if arch_spec(arch).encoder_stack else seq
 
 
 def bench_optim() -> OptimSettings:

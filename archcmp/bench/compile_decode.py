@@ -16,11 +16,12 @@ from archcmp.data import vocab
 from archcmp.model.models import build_model
 from archcmp.training.optim import make_optimizer
 from archcmp.training.steps import make_train_step, split_microbatches
+from archcmp.model.archs import arch_spec
 
 
 def compile_cell(arch: str, n_layers: int, scan: bool, plan: Plan) -> dict[str, float]:
     """Lower + compile a fresh jit of our training step (no in-process cache hits)."""
-    extra = dict(n_enc_layers=n_layers, n_dec_layers=n_layers) if arch == "encdec" else dict(n_layers=n_layers)
+    extra = dict(n_enc_layers=n_layers, n_dec_layers=n_layers) if arch_spec(arch).encoder_stack else dict(n_layers=n_layers)
     cfg = model_config(arch, plan.compile_size, plan.vocab, plan.seq, scan_layers=scan, **extra)
     B = plan.batch[plan.compile_size]
     graphdef, params = nnx.split(build_model(cfg, seed=0))
@@ -74,7 +75,7 @@ def decode_section(plan: Plan, rss: RSS) -> list[dict]:
     P, N, B = plan.decode_prompt, plan.decode_new, plan.decode_batch
     rng = np.random.default_rng(2)
     prompts = [rng.integers(vocab.N_SPECIAL, plan.vocab, P).astype(np.int32) for _ in range(B)]
-    for arch in [a for a in plan.archs if a in ("decoder", "prefix_lm", "encdec")]:
+    for arch in [a for a in plan.archs if arch_spec(a).autoregressive]:
         cfg = model_config(arch, plan.decode_size, plan.vocab, max_len=P + N + 2)
         model = build_model(cfg, seed=0)
         _zero_eos(model)

@@ -20,6 +20,7 @@ from archcmp.data import vocab
 from archcmp.model.models import build_model
 from archcmp.training.optim import make_optimizer
 from archcmp.training.steps import make_train_step, split_microbatches
+from archcmp.model.archs import arch_spec
 
 # ---- our training step ---------------------------------------------------------------------------
 class OursTrainer:
@@ -82,13 +83,13 @@ def _hf_model(arch: str, cfg: ModelConfig):
     import transformers as tf
 
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=True)
-    if arch in ("decoder", "prefix_lm"):
+    if arch_spec(arch).autoregressive and not arch_spec(arch).encoder_stack:  # GPT-2 (prefix_lm: with a prefix mask)
         conf = tf.GPT2Config(n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
                              n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function="gelu_pytorch_tanh",
                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
                              **common)
         return tf.GPT2LMHeadModel(conf)
-    if arch == "encoder":
+    if arch_spec(arch).mask_fill:
         conf = tf.BertConfig(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
                              num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff,
                              hidden_act="gelu_pytorch_tanh", max_position_embeddings=cfg.max_len,
@@ -119,11 +120,11 @@ class HFTrainer:
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
         self.targets = t["targets"].long().reshape(-1)
         self.weights = t["weights"].reshape(-1)
-        if arch == "encdec":
+        if arch_spec(arch).encoder_stack:
             self.kwargs = {"input_ids": t["enc_inputs"].long(), "decoder_input_ids": t["inputs"].long()}
         else:
             self.kwargs = {"input_ids": t["inputs"].long()}
-        if arch == "prefix_lm":  # 4-D boolean mask, True = may attend: causal OR key in the prefix
+        if arch_spec(arch).prompt_is_prefix:  # 4-D boolean mask, True = may attend: causal OR key in the prefix
             T = t["inputs"].shape[1]
             causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
             self.kwargs["attention_mask"] = (causal[None] | t["prefix_mask"][:, None, :])[:, None]
@@ -233,7 +234,7 @@ def train_cell(arch: str, size: str, plan: Plan, have_torch: bool, torch_why: st
         for _ in range(plan.warmup if v.name != "HF compile" else max(plan.warmup - 1, 0)):
             v.step()
     timings = alternate(variants, plan.rounds[size], plan.steps_per_round[size], rss, label)
-    flops_step = B * train_flops_per_row(cfg, T, T if arch == "encdec" else 0)
+    flops_step = B * train_flops_per_row(cfg, T, arch_spec(arch).encoder_len(T) or 0)
     tokens_step = B * tokens_per_row(arch, T)
     row: dict[str, Any] = {
         "arch": arch, "size": size, "batch": B, "seq": T, "tokens_per_step": tokens_step, "flops_per_step": flops_step,

@@ -9,7 +9,8 @@ from archcmp.data.example import Example
 from archcmp.data.fingerprint import Fingerprinter, fingerprint
 from archcmp.data.formatters import Formatter, format_examples, make_formatter
 from archcmp.data.packing import fit_example, pack_rows
-from archcmp.data.pipeline import BatchIterator, FullBatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples
+from archcmp.data.pipeline import (BatchIterator, FullBatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples,
+                                    fixed_batches)
 from archcmp.data.tasks import SPLITS, Task, make_task, task_names
 # registers the text tasks (shakespeare, shakespeare_bpe) in the task registry of ``tasks``; every
 # import of a data module runs this package first, so make_task always knows them
@@ -17,6 +18,6 @@ from archcmp.data import text_tasks  # noqa: E402,F401
 
 __all__ = [
     "ARCHS", "SPLITS", "BatchIterator", "FullBatchIterator", "Example", "Fingerprinter", "Formatter", "Task", "batch_rng",
-    "epoch_seed", "eval_batches", "eval_examples", "fingerprint", "fit_example", "format_examples",
+    "epoch_seed", "eval_batches", "eval_examples", "fingerprint", "fit_example", "fixed_batches", "format_examples",
     "make_formatter", "make_task", "pack_rows", "task_names",
 ]

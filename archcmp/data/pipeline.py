@@ -166,15 +166,22 @@ def eval_batches(task: Task, split: str, arch: str, seq_len: int, batch_size: in
 
     Returns (batches, examples); batches are [B, T] with padding rows where the last is short.
     """
-    fmt = make_formatter(arch, seq_len, enc_len)
     examples = eval_examples(task, split, seq_len, num_examples, seed=seed, fit=fit)
     pack = task.pack_by_default if packing is None else packing
+    return fixed_batches(examples, make_formatter(arch, seq_len, enc_len), batch_size, pack), examples
+
+
+def fixed_batches(examples: list[Example], formatter: Formatter, batch_size: int,
+                  packing: bool) -> list[dict[str, np.ndarray]]:
+    """``examples`` in order as fixed batches in ``formatter``'s layout, packed into rows by the same
+    :func:`~archcmp.data.packing.pack_rows` as training; a formatter that draws objective noise gets
+    the fixed generator ``batch_rng(0, i)`` for batch i, so every evaluation sees the same noise."""
     batches, rest = [], examples
     while rest:
-        rows, used = pack_rows(rest, batch_size, seq_len, pack)
-        batches.append(fmt(rows, batch_size))
+        rows, used = pack_rows(rest, batch_size, formatter.seq_len, packing)
+        batches.append(formatter(rows, batch_size, batch_rng(0, len(batches)) if formatter.needs_rng else None))
         rest = rest[used:]
-    return batches, examples
+    return batches
 
 
 class FullBatchIterator(BatchIterator):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from archcmp.model.config import ModelConfig
+from archcmp.model.archs import arch_spec
 
 
 @dataclass
@@ -72,9 +73,9 @@ def text_batch(ids: Sequence[np.ndarray], arch: str, decoder_start_id: int = 0) 
         return tok, seg, pos
 
     tok, seg, pos = pad(ids)
-    if arch != "encdec":
+    if not arch_spec(arch).encoder_stack:
         out = {"inputs": tok, "segment_ids": seg, "positions": pos}
-        if arch == "prefix_lm":
+        if arch_spec(arch).prompt_is_prefix:
             out["prefix_mask"] = seg > 0
         return out
     dec = [np.concatenate([[decoder_start_id], r[:-1]]).astype(np.int32) for r in ids]
@@ -94,5 +95,5 @@ def format_texts(formatter, encode: Callable[[str], np.ndarray], texts: Sequence
     limit = formatter.seq_len - 2 if max_tokens is None else max_tokens
     ids = [np.asarray(encode(t), np.int32)[:limit] for t in texts]
     empty = np.zeros(0, np.int32)
-    examples = [Example(x, x if formatter.arch == "encdec" else empty) for x in ids]
+    examples = [Example(x, x if arch_spec(formatter.arch).encoder_stack else empty) for x in ids]
     return format_examples(formatter, examples, len(examples), packing=False)

@@ -16,6 +16,7 @@ from typing import Any
 
 from archcmp.model.config import ModelConfig
 from archcmp.loading.loaded import Loaded
+from archcmp.model.archs import arch_spec
 
 
 @dataclass
@@ -147,7 +148,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Loaded:
     task = run_task(run)
     tcfg = run.config["task"]
     T = int(tcfg["seq_len"])
-    enc_len = int(tcfg.get("enc_len") or T) if run.arch == "encdec" else None
+    enc_len = arch_spec(run.arch).encoder_len(T, int(tcfg.get("enc_len") or T))
     info = {"kind": "run", "step": step, "saved_steps": steps, "run": run.name, "label": run.label,
             "summary": run.summary, "config": run.config, "task": task, "load_seconds": time.perf_counter() - t0}
     return Loaded(model, run.model_cfg, task.tokenizer, task.tokenizer.encode, run.run_dir, info,

@@ -34,6 +34,20 @@ class ArchSpec:
         return self.generation == "autoregressive"
 
     @property
+    def mask_fill(self) -> bool:
+        """No distribution over what follows a prompt: answers are masks filled in place (MLM)."""
+        return self.generation == "mask_fill"
+
+    @property
+    def single_causal_stack(self) -> bool:
+        """One stack, causal self-attention: the plain decoder-only layout."""
+        return self.self_attention == "causal" and not self.encoder_stack
+
+    def encoder_len(self, seq_len: int, enc_len: int | None = None) -> int | None:
+        """The encoder stack's length (``task.enc_len``, else ``task.seq_len``); None without one."""
+        return (enc_len or seq_len) if self.encoder_stack else None
+
+    @property
     def prompt_is_prefix(self) -> bool:
         """The prompt ``BOS x SEP`` is attended bidirectionally (a ``prefix_mask`` in the batch)."""
         return self.self_attention == "prefix"

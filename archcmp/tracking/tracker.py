@@ -7,7 +7,8 @@ beyond the standard library:
 * :class:`JsonlTracker` -- always on. ``metrics.jsonl`` (one JSON object per ``log`` call, flushed
   per line) and ``summary.json`` (written atomically) inside the run directory.
 * :class:`NullTracker` / :class:`MultiTracker`.
-* :func:`make_tracker` -- builds a run's tracker from ``logger.kind``.
+* :func:`make_tracker` -- builds a run's tracker from ``logger.kind``; :func:`run_tracker` builds a
+  training run's tracker from its typed :class:`LoggerSettings` (the ``logger`` config group).
 
 The Weights & Biases backend lives in :mod:`archcmp.tracking.wandb_tracker`, imported only when a run asks
 for it.
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -224,3 +226,29 @@ def make_tracker(
     if len(trackers) == 1:
         return trackers[0]
     return MultiTracker(*trackers)
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    """The ``logger`` config group, validated (``archcmp.training.settings.parse_logger``)."""
+
+    kind: str = "jsonl"             # "none" | "jsonl" | "wandb" (the jsonl record is always written)
+    project: str = "archcmp"        # wandb only, like the three below
+    entity: str | None = None
+    mode: str = "offline"
+    group: str | None = None        # None: the run's experiment (or its sweep directory's name)
+
+
+def run_tracker(logger: LoggerSettings, run_dir: Path, *, resume_step: int, name: str, group: str,
+                tags: list[str], config: Any, renew_id: bool) -> Tracker:
+    """The tracker of one training run: its jsonl record (metrics after ``resume_step`` dropped),
+    plus its wandb run when ``logger.kind=wandb``: a stable id kept in the run directory (a new one
+    when ``renew_id``: trained again from step 0 with ``train.resume=false``), resumed if it exists."""
+    if logger.kind != "wandb":
+        return make_tracker(logger.kind, run_dir, resume_step=resume_step, record_status=False)
+    from archcmp.tracking.wandb_tracker import stable_run_id
+
+    return make_tracker("wandb", run_dir, resume_step=resume_step, record_status=False, project=logger.project,
+                        entity=logger.entity, mode=logger.mode, name=name, group=group, tags=tags,
+                        config=to_jsonable(config), job_type="train",
+                        run_id=stable_run_id(run_dir, renew=renew_id), resume="allow")

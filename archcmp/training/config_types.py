@@ -5,7 +5,7 @@ One table per group (``arch``, ``size``, ``task``, ``optimizer``, ``train``, ``m
 for ``launcher=``): each key has a type -- a true/false, a positive or non-negative integer or
 number, a name from a fixed list, a string, a list of strings -- and a key the table does not know
 is refused too (``+train.stepz=3`` is a typo, not a setting). Every failure is a
-:class:`archcmp.training.settings.ConfigError` whose message starts with the dotted key and the value
+:class:`archcmp.model.config.ConfigError` whose message starts with the dotted key and the value
 (``optimizer.name='sgd': choose one of ['adamw']``), which the CLI prints as one line (exit 2).
 
 The tables say what a value may be; relations between values (b1 < 1, grad_accum divides
@@ -23,7 +23,7 @@ Check = Callable[[str, Any], None]
 
 
 def _error(path: str, value: Any, why: str) -> Exception:
-    from archcmp.training.settings import ConfigError
+    from archcmp.model.config import ConfigError
 
     return ConfigError(f"{path}={value!r}: {why}")
 
@@ -220,7 +220,7 @@ GROUPS = ("arch", "size", "task", "optimizer", "train", "model", "logger", "devi
 
 
 def _check_keys(path: str, node: Any, table: Mapping[str, Check], required: tuple[str, ...] = ()) -> None:
-    from archcmp.training.settings import ConfigError
+    from archcmp.model.config import ConfigError
 
     if not isinstance(node, Mapping):
         raise _error(path, node, "must be a mapping of keys to values")
@@ -235,7 +235,7 @@ def _check_keys(path: str, node: Any, table: Mapping[str, Check], required: tupl
 
 def check(cfg: Mapping[str, Any]) -> None:
     """Type-check a resolved (plain) config: every group, every key. Raises ConfigError."""
-    from archcmp.training.settings import ConfigError
+    from archcmp.model.config import ConfigError
 
     for key in cfg:
         if key not in TOP and key not in GROUPS:

@@ -108,15 +108,13 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     from archcmp.model.accounting import count_params, train_flops_per_row
     from archcmp.model.archs import arch_spec
     from archcmp.training.checkpoint import Checkpointer
-    from archcmp.data import BatchIterator, FullBatchIterator, eval_batches, make_formatter, make_task
-    from archcmp.data.pipeline import batch_rng
-    from archcmp.data.packing import pack_rows
-    from archcmp.data import vocab
+    from archcmp.data import BatchIterator, FullBatchIterator, make_formatter, make_task
+    from archcmp.training.evaluation import eval_metrics, eval_sets
     from archcmp.model.models import build_model
     from archcmp.training.optim import make_optimizer, schedule
     from archcmp.training.settings import ConfigError
     from archcmp.training.members import Member, next_batches
-    from archcmp.tracking.tracker import JsonlTracker, NullTracker, make_tracker, read_summary, to_jsonable
+    from archcmp.tracking.tracker import JsonlTracker, NullTracker, read_summary, run_tracker, to_jsonable
     from archcmp.distributed import hosts
     from archcmp.distributed.sharding import make_placement
 
@@ -148,8 +146,8 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
         model_cfg = s.model_config(task.tokenizer.vocab_size, shape)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    T, S = s.task.seq_len, (s.task.enc_len or s.task.seq_len)
-    enc_len = S if arch_spec(s.arch).encoder_stack else None  # the encoder stack's length (encdec)
+    T = s.task.seq_len
+    enc_len = arch_spec(s.arch).encoder_len(T, s.task.enc_len)  # the encoder stack's length (encdec), else None
     if max(T, enc_len or 0) > model_cfg.max_len:
         raise ConfigError(f"model.max_len={model_cfg.max_len}: shorter than task.seq_len={T}")
     from itertools import islice
@@ -167,21 +165,8 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     except ValueError as err:
         raise ConfigError(f"arch.objective={s.objective!r}: {err}") from None
     # The yardstick: the same held-out examples for every architecture and seed.
-    eval_set, eval_ex = eval_batches(task, "validation", s.arch, T, ts.eval_batch_size, ts.eval_examples,
-                                     seed=0, enc_len=enc_len)
-    if not eval_ex:
-        raise ConfigError(f"task={s.task.name!r}: no validation example fits task.seq_len={T}")
-    packing = task.pack_by_default
-    obj_set = []
-    rest = eval_ex
-    while rest:  # the objective's own layout on the same held-out examples
-        rows, used = pack_rows(rest, ts.eval_batch_size, T, packing)
-        obj_set.append(formatter(rows, ts.eval_batch_size, batch_rng(0, len(obj_set)) if formatter.needs_rng else None))
-        rest = rest[used:]
-    target_chars = sum(len(task.tokenizer.decode(ex.targets[ex.targets >= vocab.N_SPECIAL])) for ex in eval_ex)
-    # Optional: fixed *training* examples scored like the held-out ones (train vs validation accuracy).
-    train_probe = eval_batches(task, "train", s.arch, T, ts.eval_batch_size, ts.eval_train_examples, seed=0,
-                               enc_len=enc_len)[0] if ts.eval_train_examples else []
+    sets = eval_sets(task, formatter, arch=s.arch, task_name=s.task.name, batch_size=ts.eval_batch_size,
+                     num_examples=ts.eval_examples, num_train_examples=ts.eval_train_examples)
 
     n_params = count_params(model_cfg)
     flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, enc_len or 0)
@@ -228,9 +213,9 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     del states
     for i, (mem, mcfg) in enumerate(zip(members, member_cfgs)):
         m = mem.s
-        mem.tracker = NullTracker() if not primary else make_tracker(
-            m.logger.get("kind", "jsonl"), mem.run_dir, resume_step=step, record_status=False,
-            **({} if m.logger.get("kind") != "wandb" else _wandb_options(m, mcfg, mem.run_dir, fresh=step == 0)))
+        mem.tracker = NullTracker() if not primary else run_tracker(
+            m.logger, mem.run_dir, resume_step=step, name=m.run_name, group=_tracker_group(m),
+            tags=[m.arch, m.size, m.task.name], config=_plain(mcfg), renew_id=step == 0 and not m.train.resume)
         mem.base_key = jax.random.key(m.seed) if model_cfg.dropout > 0 else None
         mem.summary = {
             "arch": m.arch, "size": m.size, "task": m.task.name, "objective": m.objective, "seed": m.seed,
@@ -242,10 +227,10 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
                                        "seeds": [x.seed for x in settings], "group_dir": str(run_dir)}
 
     def evaluate() -> None:
-        ev, ob = engine.sums(state["params"], eval_set), engine.sums(state["params"], obj_set)
-        tr = engine.sums(state["params"], train_probe) if train_probe else [None] * k
+        ev, ob = engine.sums(state["params"], sets.held_out), engine.sums(state["params"], sets.objective)
+        tr = engine.sums(state["params"], sets.train_probe) if sets.train_probe else [None] * k
         for mem, e, o, t in zip(members, ev, ob, tr):
-            mem.last_eval = _eval_metrics(e, o, t, target_chars)
+            mem.last_eval = eval_metrics(e, o, t, sets.target_chars)
             mem.counters["best_eval_loss"] = min(mem.counters["best_eval_loss"], mem.last_eval["eval_loss"])
 
     def save() -> None:
@@ -387,20 +372,6 @@ def _restore(ckpt: Any, step: int | None, target: Any) -> tuple[Any, dict]:
                               "to train from the start (or train.overwrite=true to keep the old run aside)") from None
 
 
-def _eval_metrics(ev: dict, ob: dict, tr: dict | None, target_chars: int) -> dict[str, float]:
-    """Means of the evaluation sums (:func:`archcmp.training.steps.run_eval`) of one model."""
-    from archcmp.model.objectives import EvalSums
-
-    ev, ob = EvalSums.of(ev), EvalSums.of(ob)
-    out = {"eval_loss": ev.loss, "eval_accuracy": ev.accuracy,
-           "eval_bpc": ev.eval_loss_sum / math.log(2) / max(target_chars, 1),
-           "eval_objective_loss": ob.objective_loss, "eval_exact_match": ev.exact_match}
-    if tr is not None:
-        tr = EvalSums.of(tr)
-        out.update(train_exact_match=tr.exact_match, train_eval_loss=tr.loss)
-    return out
-
-
 def budget_steps(ts, ref_params: int, flops_per_step: int, probe) -> int:
     """Steps of the run: ``train.steps``, or derived from a token or FLOP budget.
 
@@ -430,30 +401,22 @@ def _plain(cfg: Any) -> Any:
         return cfg
 
 
-def _wandb_options(m: Any, mcfg: Any, run_dir: Path, fresh: bool) -> dict:
-    """``make_tracker`` arguments of a member's wandb run: its stable id (a new one when the run
-    starts again from step 0 with ``train.resume=false``), ``resume="allow"``, and its group:
-    ``logger.group``, else ``experiment_name``, else (a sweep left at ``default``) the sweep
-    directory's name and the keys it varies."""
-    from archcmp.tracking.tracker import to_jsonable
-    from archcmp.tracking.wandb_tracker import stable_run_id
+def _tracker_group(m: Any) -> str:
+    """A run's tracker group (wandb): ``logger.group``, else ``experiment_name``, else (a sweep left
+    at ``default``) the sweep directory's name and the keys it varies."""
     from archcmp.training.sweep_names import env_swept, sweep_group
 
-    group = m.logger.get("group") or (m.experiment if m.experiment != "default" else None)
-    if group is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
+    group = m.logger.group or (m.experiment if m.experiment != "default" else None)
+    if group is not None:
+        return group
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-            hc = HydraConfig.get()
-            multirun = hc.mode == RunMode.MULTIRUN
-            group = sweep_group(Path(hc.sweep.dir).name, env_swept()) if multirun else m.experiment
-        except ValueError:  # not under Hydra
-            group = m.experiment
-    return dict(project=m.logger.get("project", "archcmp"), entity=m.logger.get("entity"),
-                mode=m.logger.get("mode", "offline"), name=m.run_name, group=group,
-                tags=[m.arch, m.size, m.task.name], config=to_jsonable(_plain(mcfg)), job_type="train",
-                run_id=stable_run_id(run_dir, renew=fresh and not m.train.resume), resume="allow")
+        hc = HydraConfig.get()
+        return sweep_group(Path(hc.sweep.dir).name, env_swept()) if hc.mode == RunMode.MULTIRUN else m.experiment
+    except ValueError:  # not under Hydra
+        return m.experiment
 
 
 def _resolved(cfg: Any) -> dict:

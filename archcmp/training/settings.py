@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from archcmp.model.config import ARCHS, ConfigError, ModelConfig
 from archcmp.distributed.hosts import parse_device, parse_distributed
 from archcmp.distributed.sharding import parse_mesh
+from archcmp.tracking.tracker import LoggerSettings
 
 
 def _get(cfg: Mapping[str, Any], path: str) -> Any:
@@ -106,7 +107,7 @@ class RunSettings:
     task: TaskSettings
     train: TrainSettings
     optim: OptimSettings
-    logger: dict = field(default_factory=dict)
+    logger: LoggerSettings = field(default_factory=LoggerSettings)
     model_overrides: dict = field(default_factory=dict)
     reference_shape: dict = field(default_factory=dict)  # the size's decoder shape (token budgets)
     # Scale-out (archcmp.distributed.sharding / archcmp.distributed.hosts); None = one device, the cpu preset.
@@ -132,8 +133,8 @@ class RunSettings:
         return ModelConfig.from_mapping(values)
 
 
-def parse_logger(cfg: Mapping[str, Any]) -> dict:
-    """The logger group, typed: kind, and for wandb the project/entity strings and the mode."""
+def parse_logger(cfg: Mapping[str, Any]) -> LoggerSettings:
+    """The logger group, typed: kind, and for wandb the project/entity/group strings and the mode."""
     logger = dict(cfg.get("logger") or {"kind": "jsonl"})
     if logger.get("kind") not in LOGGER_KINDS:
         raise ConfigError(f"logger.kind={logger.get('kind')!r}: choose one of {list(LOGGER_KINDS)}")
@@ -147,7 +148,10 @@ def parse_logger(cfg: Mapping[str, Any]) -> dict:
         for key in ("project", "entity", "group"):
             if logger.get(key) is not None and not isinstance(logger[key], str):
                 raise ConfigError(f"logger.{key}={logger[key]!r}: must be a string")
-    return logger
+    if logger["kind"] != "wandb":
+        return LoggerSettings(kind=logger["kind"])
+    return LoggerSettings(kind="wandb", project=logger.get("project", "archcmp"), entity=logger.get("entity"),
+                          mode=logger.get("mode", "offline"), group=logger.get("group"))
 
 
 def parse_launcher(hydra_launcher: Mapping[str, Any]) -> None:

@@ -62,6 +62,7 @@ from flax import nnx
 
 from archcmp.model import masks
 from archcmp.analysis.rank.metrics import attention_block_metrics, rank_collapse_by_segment
+from archcmp.model.archs import arch_spec
 
 VARIANTS = ("full", "attn_only", "no_skip", "pure_attention")
 _VARIANT_FLAGS = {  # name -> (skip connections, MLP)
@@ -79,7 +80,7 @@ class Capture:
 
 
 def _is_encdec(model) -> bool:
-    return model.cfg.arch == "encdec"
+    return arch_spec(model.cfg.arch).encoder_stack
 
 
 def model_batch(batch: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -122,11 +123,11 @@ def attention_segments(arch: str, batch: Mapping[str, Any]) -> dict[str, tuple[n
     Blocks cut with these ids are each example's own attention among its real tokens.
     """
     seg = np.asarray(batch["segment_ids"])
-    if arch == "encdec":
+    if arch_spec(arch).encoder_stack:
         enc = np.asarray(batch["enc_segment_ids"])
         return {"enc_self": (enc, None), "dec_self": (seg, None), "cross": (seg, enc)}
     out = {"self": (seg, None)}
-    if arch == "prefix_lm":
+    if arch_spec(arch).prompt_is_prefix:
         out["prefix"] = (np.where(np.asarray(batch["prefix_mask"], bool), seg, 0), None)
     return out
 

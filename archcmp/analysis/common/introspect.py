@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from archcmp.loading.loaded import Loaded
+from archcmp.model.archs import arch_spec
 
 _STACKS = {"hidden": "stack", "enc_hidden": "enc", "dec_hidden": "dec"}
 
@@ -68,7 +69,7 @@ def _compiled(graphdef):
         model = nnx.merge(graphdef, state)
         logits, extras = model(batch, return_attention=True, return_hidden=True)
         inputs, finals = {}, {}
-        if model.cfg.arch == "encdec":
+        if arch_spec(model.cfg.arch).encoder_stack:
             stacks = {"enc": (model.encoder, batch["enc_inputs"], batch["enc_positions"]),
                       "dec": (model.decoder, batch["inputs"], batch["positions"])}
         else:

@@ -30,6 +30,8 @@ import pandas as pd
 
 from archcmp.analysis.decoding.metrics import (distinct_n, pareto_front, rep_n, sample_entropy, self_overlap,
                                                strip)
+from archcmp.model.archs import arch_spec
+from archcmp.analysis.common.cli import out_dir, probe_parser
 
 # (name, DecodeConfig fields): one knob at a time around plain sampling at T=1.
 SWEEP = [
@@ -82,7 +84,7 @@ def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0
     tcfg = info["config"]["task"]
     base = {"run": info["run"], "arch": cfg.arch, "size": str(info["summary"].get("size", "?")),
             "seed": int(info["summary"].get("seed", 0)), "step": info["step"]}
-    if cfg.arch == "encoder":
+    if arch_spec(cfg.arch).mask_fill:
         return [{**base, "setting": "-", "note": "encoder: mask filling has no sampling settings"}]
     exs = eval_examples(info["task"], "validation", int(tcfg["seq_len"]), prompts, seed=0)
     longest = max(len(ex.inputs) for ex in exs)
@@ -156,9 +158,7 @@ def plot_frontier(summary: pd.DataFrame, out: Path, quality: str = "loglik") -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archcmp-analyze decoding", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/decoding)")
+    p = probe_parser("decoding", __doc__)
     p.add_argument("--prompts", type=int, default=16, help="validation prompts (the same for every setting)")
     p.add_argument("--samples", type=int, default=8, help="samples per prompt for the sampling settings")
     p.add_argument("--max-new", type=int, default=48, help="longest generation (tokens)")
@@ -179,7 +179,7 @@ def run_cli(argv: list[str]) -> int:
         return 2
     per_run = pd.DataFrame(rows)
     summary = summarize(per_run)
-    out = args.out or (args.paths[0] / "analysis" / "decoding")
+    out = out_dir(args, "decoding")
     write_tables(out, per_run=per_run, summary=summary, seeds=seed_table(per_run))
     plot_frontier(summary, out / "frontier.png", args.quality)
     cols = ["size", "arch", "setting", *METRICS, "n_seeds"]

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from archcmp.model.archs import arch_spec
 
 METRICS = ("exact_match", "token_accuracy", "log_likelihood", "mean_log_likelihood")
 
@@ -58,7 +59,7 @@ def read_items(path: Path) -> list[tuple[str, str]]:
 
 
 def _answer_ids(loaded: Any, answer: str) -> np.ndarray:
-    if loaded.arch == "encdec" or loaded.tokenizer is None or not hasattr(loaded.tokenizer, "encode"):
+    if arch_spec(loaded.arch).encoder_stack or loaded.tokenizer is None or not hasattr(loaded.tokenizer, "encode"):
         return np.asarray(loaded.encode(answer), np.int32)
     return np.asarray(loaded.tokenizer.encode(answer, add_special_tokens=False).ids, np.int32)
 
@@ -67,7 +68,7 @@ def item_batch(loaded: Any, prompt_ids: Sequence[np.ndarray], answer_ids: Sequen
     """A model batch scoring each answer after its prompt (one item a row; segment 0 = padding)."""
     from archcmp.loading.loaded import text_batch
 
-    if loaded.arch == "encdec":
+    if arch_spec(loaded.arch).encoder_stack:
         enc = text_batch(list(prompt_ids), "decoder")
         start = int(loaded.info.get("decoder_start_id", 0))
         dec = text_batch([np.concatenate([[start], a[:-1]]).astype(np.int32) for a in answer_ids], "decoder")
@@ -81,7 +82,7 @@ def answer_log_probs(loaded: Any, items: Sequence[tuple[str, str]], batch_size: 
     """Per item: (answer token ids, log-softmax rows predicting them [n_answer, V])."""
     from archcmp.analysis.common.introspect import logits
 
-    if loaded.arch == "encoder":
+    if arch_spec(loaded.arch).mask_fill:
         raise ValueError(f"{loaded.source}: an encoder ({loaded.info.get('model_type', 'encoder')}) has no "
                          "distribution over what follows a prompt (it fills masks in a text of given length); "
                          "answer scoring applies to decoders and encoder-decoders")
@@ -100,7 +101,7 @@ def answer_log_probs(loaded: Any, items: Sequence[tuple[str, str]], batch_size: 
         for p, a, z in zip(prompts, answers, rows):
             # decoder: position t predicts token t+1, so the answer's tokens come from the rows just
             # before them; encdec: decoder row j predicts answer token j.
-            z = z[len(p) - 1:len(p) - 1 + len(a)] if loaded.arch != "encdec" else z[:len(a)]
+            z = z[len(p) - 1:len(p) - 1 + len(a)] if not arch_spec(loaded.arch).encoder_stack else z[:len(a)]
             z = z.astype(np.float64)
             logp = z - z.max(-1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(-1, keepdims=True))

@@ -28,12 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from archcmp.analysis.common.wandb_log import add_options
+from archcmp.analysis.common.cli import out_dir, probe_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archcmp-analyze emergence", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/emergence)")
+    p = probe_parser("emergence", __doc__)
     p.add_argument("--examples", type=int, default=512, help="held-out examples per run (default 512)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"),
                    help="which split the examples come from (default test)")
@@ -153,7 +152,7 @@ def run_cli(argv: list[str]) -> int:
         return 1
     from archcmp.analysis.emergence import report as rep
 
-    out = args.out or (args.paths[0] / "analysis" / "emergence")
+    out = out_dir(args, "emergence")
     out.mkdir(parents=True, exist_ok=True)
     res["seconds"] = time.perf_counter() - t0
     files = rep.write_outputs(res, out, args, argv)

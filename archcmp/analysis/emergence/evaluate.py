@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from archcmp.analysis.emergence import metrics as em
+from archcmp.model.archs import arch_spec
 
 SHARP = ("exact_match",)
 SMOOTH = ("token_accuracy", "edit_distance", "target_loglik", "mean_token_prob", "brier")
@@ -76,7 +77,7 @@ def teacher_forced(model, probes: ProbeSet, chunk: int = 256) -> dict[str, np.nd
     from archcmp.data.formatters import make_formatter
 
     arch = model.cfg.arch
-    fmt = make_formatter(arch, probes.seq_len, probes.seq_len if arch == "encdec" else None)
+    fmt = make_formatter(arch, probes.seq_len, arch_spec(arch).encoder_len(probes.seq_len))
     graphdef, state = nnx.split(model)
     forward = _softmax_forward(graphdef)
     N, L, V = len(probes.examples), probes.max_target, model.cfg.vocab_size
@@ -112,7 +113,7 @@ def decode_answers(model, probes: ProbeSet, dcfg, rng_seed: int = 0) -> np.ndarr
 
     from archcmp.decoding.generate import generate
 
-    lengths = [ex.targets.size for ex in probes.examples] if model.cfg.arch == "encoder" else None
+    lengths = [ex.targets.size for ex in probes.examples] if arch_spec(model.cfg.arch).mask_fill else None
     return np.asarray(generate(model, probes.examples, dcfg, jax.random.key(rng_seed), target_lengths=lengths))
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from archcmp.model.archs import arch_spec
+from archcmp.analysis.common.cli import out_dir, probe_parser
 
 # Task parameters that set the length of an example; each is multiplied by the factor.
 LENGTH_PARAMS = ("seq_len", "length", "shots")
@@ -68,7 +70,7 @@ def score(eval_step, state, task, arch: str, seq_len: int, enc_len: int | None, 
     from archcmp.training.steps import run_eval
 
     batches, exs = eval_batches(task, "validation", arch, seq_len, batch_size, examples, seed=0,
-                                enc_len=enc_len if arch == "encdec" else None, packing=False)
+                                enc_len=arch_spec(arch).encoder_len(seq_len, enc_len), packing=False)
     if not exs:
         raise ValueError(f"no validation example of task {task.name!r} fits seq_len={seq_len}")
     sums = run_eval(eval_step, state, batches)
@@ -170,9 +172,7 @@ def plot(summary: pd.DataFrame, out: Path, metric: str = "loss") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archcmp-analyze extrapolation", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/extrapolation)")
+    p = probe_parser("extrapolation", __doc__)
     p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4, 8], help="evaluation length / training length")
     p.add_argument("--examples", type=int, default=64, help="validation examples scored per run and factor")
     p.add_argument("--batch-size", type=int, default=16)
@@ -194,7 +194,7 @@ def run_cli(argv: list[str]) -> int:
         return 2
     per_run = pd.DataFrame(rows)
     summary = summarize(per_run)
-    out = args.out or (args.paths[0] / "analysis" / "extrapolation")
+    out = out_dir(args, "extrapolation")
     write_tables(out, per_run=per_run, summary=summary, seeds=seed_table(per_run))
     plot(summary, out / "extrapolation.png")
     notes = per_run[per_run["note"] != ""][["run", "factor", "note"]].drop_duplicates("run")

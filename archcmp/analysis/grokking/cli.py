@@ -31,14 +31,13 @@ import pandas as pd
 
 from archcmp.analysis.emergence.plots import ARCH_ORDER, markdown_table
 from archcmp.analysis.common.wandb_log import add_options, log_outputs
+from archcmp.analysis.common.cli import out_dir, probe_parser
 
 KEYS = ["arch", "train_frac", "weight_decay"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archcmp-analyze grokking", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/grokking)")
+    p = probe_parser("grokking", __doc__)
     p.add_argument("--threshold", type=float, default=0.95, help="held-out exact match that counts as generalised")
     p.add_argument("--train-threshold", type=float, default=0.99, help="train exact match that counts as memorised")
     p.add_argument("--grok-delay", type=float, default=5.0,
@@ -217,7 +216,7 @@ def run_cli(argv: list[str]) -> int:
     if curves.empty:
         print("grokking: error: no run logged train and validation exact match", file=sys.stderr)
         return 1
-    out = args.out or (args.paths[0] / "analysis" / "grokking")
+    out = out_dir(args, "grokking")
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
     if not norms.empty:

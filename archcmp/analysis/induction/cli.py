@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from archcmp.analysis.emergence.plots import markdown_table
+from archcmp.model.archs import arch_spec
+from archcmp.analysis.common.cli import out_dir, probe_parser
 
 
 # ----------------------------------------------------------------------------- head scores
@@ -181,7 +183,7 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
     from archcmp.model.objectives import token_losses
     from archcmp.training.checkpoint import Checkpointer
 
-    if run.arch != "decoder":
+    if not arch_spec(run.arch).single_causal_stack:
         raise ValueError(f"{run.run_dir}: induction analysis reads the decoder layout; arch={run.arch!r}")
     batch, first, repeat, symbols, task = probe_set(run, tasks, examples)
     model = build_model(run.model_cfg, int(run.summary.get("seed", 0)))
@@ -267,9 +269,7 @@ def plot_heads(heads: pd.DataFrame, out: Path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archcmp-analyze induction", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default <first PATH>/analysis/induction)")
+    p = probe_parser("induction", __doc__)
     p.add_argument("--examples", type=int, default=128, help="validation sequences scored per checkpoint")
     p.add_argument("--pm-threshold", type=float, default=0.5, help="prefix-matching score that counts as formed")
     p.add_argument("--max-window", type=float, default=0.5, help="longest 10-90%% window, as a fraction of its end step")
@@ -296,7 +296,7 @@ def run_cli(argv: list[str]) -> int:
         heads += hs
         print(f"induction: {d.name}: {len(ps)} checkpoints", file=sys.stderr)
     per_step, heads = pd.DataFrame(per_step), pd.DataFrame(heads)
-    out = args.out or (args.paths[0] / "analysis" / "induction")
+    out = out_dir(args, "induction")
     out.mkdir(parents=True, exist_ok=True)
     per_step.to_csv(out / "per_step.csv", index=False, float_format="%.6g")
     heads.to_csv(out / "heads.csv", index=False, float_format="%.6g")

@@ -45,6 +45,7 @@ from archcmp.analysis.common.wandb_log import add_options, log_outputs
 
 from archcmp.analysis.rank.report import write_table
 from archcmp.loading.run import RunInfo, read_run, restore_params, saved_steps
+from archcmp.model.archs import arch_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +114,7 @@ def probe_batch(run: RunInfo, examples: int, tasks: TaskCache, texts: list[str] 
     tcfg = run.config["task"]
     task = tasks.get(run.summary.get("task") or tcfg["name"], dict(tcfg.get("params") or {}))
     T = int(tcfg["seq_len"])
-    enc_len = int(tcfg.get("enc_len") or T) if run.arch == "encdec" else None
+    enc_len = arch_spec(run.arch).encoder_len(T, int(tcfg.get("enc_len") or T))
     if texts is not None:
         from archcmp.data.formatters import make_formatter
 
