@@ -68,6 +68,11 @@ def test_drop_window_and_criterion_on_constructed_curves():
     phase = phase_change(per_step, heads, 0.5)
     assert phase["pm_step"].iloc[0] in (1000.0, 1050.0)
     assert criterion(phase)["met"]
+    # a circuit keyed further back: only the strided score rises; the stride-1 criterion fails
+    # and the strided one holds
+    strided = heads.assign(prefix_matching=0.05, strided_matching=pm)
+    verdict = criterion(phase_change(per_step, strided, 0.5))
+    assert not verdict["met"] and verdict["met_strided"]
     # a slow, smooth decline is no phase change
     slow = 3.2 - 3.1 * steps / 2000
     phase_slow = phase_change(per_step.assign(repeat_loss=slow), heads, 0.5)

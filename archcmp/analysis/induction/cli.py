@@ -132,12 +132,17 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
         # (the first ~50 steps bring the loss down from the initial logits to that level)
         w = drop_window(g["step"], g["repeat_loss"], start=float(np.log(g["n_symbols"].iloc[0])))
         h = heads[(heads["run"] == run)]
-        last = h[h["layer"] == h["layer"].max()].groupby("step")["prefix_matching"].max().sort_index()
+        top = h[h["layer"] == h["layer"].max()]
+        last = top.groupby("step")["prefix_matching"].max().sort_index()
+        strided = (top.groupby("step")["strided_matching"].max().sort_index() if "strided_matching" in top
+                   else last)
         interval = float(np.median(np.diff(g["step"]))) if len(g) > 1 else np.nan
         rows.append({"run": run, "arch": g["arch"].iloc[0], "seed": int(g["seed"].iloc[0]),
                      "n_symbols": int(g["n_symbols"].iloc[0]), **w, "interval": interval,
                      "pm_step": first_reach(last.index, last.values, pm_threshold),
                      "final_pm": float(last.iloc[-1]) if len(last) else np.nan,
+                     "strided_step": first_reach(strided.index, strided.values, pm_threshold),
+                     "final_strided": float(strided.iloc[-1]) if len(strided) else np.nan,
                      "final_repeat_loss": float(g["repeat_loss"].iloc[-1]),
                      "final_first_loss": float(g["first_loss"].iloc[-1])})
     return pd.DataFrame(rows)
@@ -146,17 +151,27 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
 def criterion(phase: pd.DataFrame, max_window: float = 0.5) -> dict:
     """Every seed: the repeat loss falls by >= ln(n_symbols)/2, within a 10-90% window no longer
     than ``max_window`` x its end step, and the prefix-matching step lies in that window +- one
-    checkpoint interval."""
+    checkpoint interval. ``met_strided``: the same with a last-layer head's best strided
+    prefix-matching score (any look-back 1..8) in place of the stride-1 score."""
     per = []
     for _, r in phase.iterrows():
         big = bool(r["drop"] >= 0.5 * np.log(r["n_symbols"]))
         sharp = bool(np.isfinite(r["window"]) and r["window"] <= max_window * r["t90"])
-        together = bool(np.isfinite(r["pm_step"]) and np.isfinite(r["t10"])
-                        and r["t10"] - r["interval"] <= r["pm_step"] <= r["t90"] + r["interval"])
+
+        def inside(step):
+            return bool(np.isfinite(step) and np.isfinite(r["t10"])
+                        and r["t10"] - r["interval"] <= step <= r["t90"] + r["interval"])
+
+        together = inside(r["pm_step"])
+        strided = inside(r.get("strided_step", np.nan))
         per.append({"run": r["run"], "arch": r["arch"], "seed": int(r["seed"]), "drop": float(r["drop"]),
-                    "t10": r["t10"], "t90": r["t90"], "pm_step": r["pm_step"], "large_drop": big,
-                    "sharp": sharp, "same_step_as_prefix_matching": together, "met": big and sharp and together})
-    return {"met": bool(per) and all(p["met"] for p in per), "n_seeds": len(per), "runs": per}
+                    "t10": r["t10"], "t90": r["t90"], "pm_step": r["pm_step"],
+                    "strided_step": r.get("strided_step", np.nan), "large_drop": big,
+                    "sharp": sharp, "same_step_as_prefix_matching": together,
+                    "same_step_as_strided_matching": strided, "met": big and sharp and together,
+                    "met_strided": big and sharp and strided})
+    return {"met": bool(per) and all(p["met"] for p in per),
+            "met_strided": bool(per) and all(p["met_strided"] for p in per), "n_seeds": len(per), "runs": per}
 
 
 # ----------------------------------------------------------------------------- per run
@@ -265,9 +280,10 @@ def plot_heads(heads: pd.DataFrame, out: Path):
     from matplotlib.figure import Figure
 
     runs = list(dict.fromkeys(heads["run"]))
-    scores = ("prefix_matching", "copying", "previous_token")
-    fig = Figure(figsize=(12, 3.0 * len(runs)), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(len(runs), 3, squeeze=False))
+    scores = tuple(c for c in ("prefix_matching", "strided_matching", "previous_token", "lookback_score", "copying")
+                   if c in heads)
+    fig = Figure(figsize=(4 * len(scores), 3.0 * len(runs)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), len(scores), squeeze=False))
     for row, run in zip(axes, runs):
         g = heads[(heads["run"] == run) & (heads["step"] > 0)]
         for (layer, head), gh in g.groupby(["layer", "head"]):
