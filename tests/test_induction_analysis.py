@@ -177,7 +177,8 @@ def test_induction_cli_end_to_end(tmp_path):
 
     over = [o for o in TINY if not o.startswith("task.seq_len")]
     cfg = compose_cfg(["experiment=induction", *over, "train.num_seeds=1", "task.seq_len=28",
-                       "+task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.length=[6,12]",
+                       "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.length=[6,10]",
+                       "task.params.filler=4",
                        "model.pos_encoding=relative", "hydra.mode=RUN"])
     run_dir = tmp_path / "runs" / "r0"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -190,6 +191,9 @@ def test_induction_cli_end_to_end(tmp_path):
     heads = pd.read_csv(out / "heads.csv")
     assert len(heads) == 3 * 2 * 4  # steps x layers x heads
     assert heads["prefix_matching"].between(0, 1).all()
+    # the best stride's score is never below the stride-1 score it includes
+    assert heads["stride"].between(1, 8).all() and (heads["strided_matching"] >= heads["prefix_matching"] - 1e-12).all()
+    assert (heads["lookback_score"] >= heads["previous_token"] - 1e-12).all()
     verdict = json.loads((out / "criterion_measured.json").read_text())
     assert verdict["n_seeds"] == 1 and verdict["met"] is False
     for name in ("losses.png", "heads.png", "table.md", "phase.csv"):
