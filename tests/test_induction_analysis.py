@@ -68,6 +68,11 @@ def test_drop_window_and_criterion_on_constructed_curves():
     phase = phase_change(per_step, heads, 0.5)
     assert phase["pm_step"].iloc[0] in (1000.0, 1050.0)
     assert criterion(phase)["met"]
+    # a circuit keyed further back: only the strided score rises; the stride-1 criterion fails
+    # and the strided one holds
+    strided = heads.assign(prefix_matching=0.05, strided_matching=pm)
+    verdict = criterion(phase_change(per_step, strided, 0.5))
+    assert not verdict["met"] and verdict["met_strided"]
     # a slow, smooth decline is no phase change
     slow = 3.2 - 3.1 * steps / 2000
     phase_slow = phase_change(per_step.assign(repeat_loss=slow), heads, 0.5)
@@ -109,6 +114,55 @@ def test_prefix_matching_on_the_task_layout_scores_the_repeat_with_the_right_off
     assert pm[1] < 0.05  # only where a symbol repeats by chance inside the segment
 
 
+def test_strided_matching_and_lookback_pick_out_a_longer_look_back():
+    """A head keyed three positions back (it attends from repeat token x_i to x_{i+3}'s first
+    position, where tokens[k-3] == x_i) scores 1 at stride 3 and ~0 at stride 1; a fixed offset-3
+    head scores 1 on previous_token_scores(offset=3) and ~0 at offset 1."""
+    L = 8
+    tokens = _repeat_sequence(L)  # BOS x(1..8) SEP x(10..17), distinct symbols
+    T = tokens.shape[1]
+    valid = np.ones_like(tokens, bool)
+    strided = _causal_uniform(T).copy()
+    queries = np.zeros_like(valid)
+    for i in range(L - 3):  # repeat token x_i at L+2+i; x_i's first copy at 1+i, three on: 4+i
+        q = L + 2 + i
+        strided[q] = 0
+        strided[q, 4 + i] = 1.0
+        queries[0, q] = True
+    attn = strided[None, None]
+    assert prefix_matching_scores(attn, tokens, valid, queries=queries, stride=3)[0] == 1.0
+    assert prefix_matching_scores(attn, tokens, valid, queries=queries, stride=1)[0] == 0.0
+    back3 = np.eye(T, k=-3)
+    back3[:3, 0] = 1
+    attn = back3[None, None]
+    assert previous_token_scores(attn, valid, offset=3)[0] == 1.0
+    # at offset 1 only query 1 (which has nothing three back and looks at BOS) counts: 1 of T-1
+    np.testing.assert_allclose(previous_token_scores(attn, valid, offset=1)[0], 1 / (T - 1))
+
+
+def test_probe_masks_follow_the_pair_through_the_filler():
+    """With task.params.filler the pair sits at a random offset: the probe's first-occurrence and
+    repeat masks must still cover x_1..x_{L-1} of each copy (the repeat's inputs equal the first's)."""
+    from types import SimpleNamespace
+
+    from archcmp.analysis.induction.cli import probe_set
+    from archcmp.analysis.rank.cli import TaskCache
+
+    params = {"length": [3, 9], "n_symbols": 64, "tokens": "symbols", "filler": 12}
+    run = SimpleNamespace(config={"task": {"name": "induction", "params": params, "seq_len": 33}}, arch="decoder")
+    batch, first, repeat, _, task = probe_set(run, TaskCache(), 16)
+    starts = set()
+    for i in range(16):
+        f, r = np.flatnonzero(first[i]), np.flatnonzero(repeat[i])
+        n = len(f) + 1
+        assert len(r) == n - 1 and 3 <= n <= 9 and r[0] == f[0] + n and np.all(np.diff(f) == 1)
+        assert np.array_equal(batch["inputs"][i, f], batch["inputs"][i, r])
+        # and the last token of each copy (the target of the last masked input) matches too
+        assert batch["targets"][i, f[-1]] == batch["targets"][i, r[-1]]
+        starts.add(int(f[0]))
+    assert len(starts) > 3  # not one fixed place
+
+
 @pytest.mark.slow  # trains a run, then scores each checkpoint
 def test_induction_cli_end_to_end(tmp_path):
     """A 4-step attention-only decoder on task=induction: the CLI loads every checkpoint (steps 0,
@@ -123,7 +177,8 @@ def test_induction_cli_end_to_end(tmp_path):
 
     over = [o for o in TINY if not o.startswith("task.seq_len")]
     cfg = compose_cfg(["experiment=induction", *over, "train.num_seeds=1", "task.seq_len=28",
-                       "+task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.length=[6,12]",
+                       "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.length=[6,10]",
+                       "task.params.filler=4",
                        "model.pos_encoding=relative", "hydra.mode=RUN"])
     run_dir = tmp_path / "runs" / "r0"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -136,6 +191,9 @@ def test_induction_cli_end_to_end(tmp_path):
     heads = pd.read_csv(out / "heads.csv")
     assert len(heads) == 3 * 2 * 4  # steps x layers x heads
     assert heads["prefix_matching"].between(0, 1).all()
+    # the best stride's score is never below the stride-1 score it includes
+    assert heads["stride"].between(1, 8).all() and (heads["strided_matching"] >= heads["prefix_matching"] - 1e-12).all()
+    assert (heads["lookback_score"] >= heads["previous_token"] - 1e-12).all()
     verdict = json.loads((out / "criterion_measured.json").read_text())
     assert verdict["n_seeds"] == 1 and verdict["met"] is False
     for name in ("losses.png", "heads.png", "table.md", "phase.csv"):

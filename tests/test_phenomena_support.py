@@ -107,6 +107,27 @@ def test_induction_task_repeats_a_random_segment_without_a_marker():
         make_task("induction", prompt="both")
 
 
+def test_induction_task_filler_puts_the_pair_at_a_random_offset():
+    """filler=F: F random symbols around the pair, so the repeat no longer starts at a fixed
+    position; repeat_span finds the pair (checked here against the segment drawn)."""
+    task = make_task("induction", length=[6, 10], n_symbols=64, tokens="symbols", filler=20)
+    starts = set()
+    for ex in task.examples("validation", seed=0, limit=60):
+        body = ex.targets[:-1]
+        start, n = task.repeat_span(ex)
+        assert len(body) == 2 * n + 20 and 6 <= n <= 10 and 0 <= start <= 20
+        assert np.array_equal(body[start:start + n], body[start + n:start + 2 * n])
+        starts.add(start)
+    assert len(starts) > 10  # offsets spread over 0..20
+    plain = make_task("induction", length=[5, 9], n_symbols=4)
+    ex = plain.example("train", 0, 3)
+    assert plain.repeat_span(ex) == (0, (len(ex.targets) - 1) // 2)
+    with pytest.raises(ValueError, match="filler"):
+        make_task("induction", filler=-1)
+    with pytest.raises(ValueError, match="filler"):
+        make_task("induction", filler=4, prompt="first")
+
+
 def test_induction_task_symbol_alphabet():
     task = make_task("induction", length=12, n_symbols=300, tokens="symbols")
     assert task.tokenizer.vocab_size == vocab.N_SPECIAL + 300

@@ -356,9 +356,16 @@ class InductionTask(_SampledTask):
     (``n_symbols`` <= 26); ``tokens='symbols'`` from ``n_symbols`` (<= 1024) abstract symbols with
     ids ``N_SPECIAL + r`` and nothing else in the vocabulary (a larger alphabet makes guessing among
     the tokens already seen worth less against copying the right one).
+
+    ``filler=F`` (default 0, ``prompt='none'`` only): F more random symbols around the pair, r of
+    them before it (r uniform in 0..F) and F - r after: targets = ``f x x f' EOS``. Without filler
+    every repeat starts at the same place relative to the row start (position 2 + L), so a model with
+    absolute positions can find the earlier occurrence by position arithmetic instead of by content;
+    the random offset removes that route. :meth:`repeat_span` locates the pair in an example.
     """
 
-    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none", tokens: str = "letters"):
+    def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none", tokens: str = "letters",
+                 filler: int = 0):
         self.length = _int_range("induction", "length", length, 2, 256)
         if tokens not in ("letters", "symbols"):
             raise bad_param("induction", "tokens", tokens, "'letters' or 'symbols'")
@@ -367,22 +374,46 @@ class InductionTask(_SampledTask):
             raise bad_param("induction", "n_symbols", n_symbols, f"an int in [2, {most}] with tokens={tokens!r}")
         if prompt not in ("none", "first"):
             raise bad_param("induction", "prompt", prompt, "'none' or 'first'")
-        self.n_symbols, self.prompt, self.tokens = int(n_symbols), prompt, tokens
+        if not isinstance(filler, (int, np.integer)) or isinstance(filler, bool) or not 0 <= filler <= 512:
+            raise bad_param("induction", "filler", filler, "an int in [0, 512]")
+        if filler and prompt != "none":
+            raise bad_param("induction", "filler", filler, "0 with prompt='first'")
+        self.n_symbols, self.prompt, self.tokens, self.filler = int(n_symbols), prompt, tokens, int(filler)
         if tokens == "letters":
             self._chars = [chr(ord("a") + i) for i in range(self.n_symbols)]
             self.tokenizer = ArithmeticTokenizer()
         else:
             self._chars = residue_chars(self.n_symbols)
             self.tokenizer = CharTokenizer(self._chars)
-        self.max_tokens = 2 * self.length[1] + 1
+        self.max_tokens = 2 * self.length[1] + 1 + self.filler
+
+    def _symbols(self, rng, n: int) -> np.ndarray:
+        return self.tokenizer.encode("".join(self._chars[int(i)] for i in rng.integers(0, self.n_symbols, size=n)))
 
     def _draw(self, rng):
         n = int(rng.integers(self.length[0], self.length[1] + 1))
-        letters = rng.integers(0, self.n_symbols, size=n)
-        x = self.tokenizer.encode("".join(self._chars[int(i)] for i in letters))
+        x = self._symbols(rng, n)
         if self.prompt == "first":
             return x.tobytes(), Example(x, np.append(x, vocab.EOS).astype(np.int32))
-        return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
+        if not self.filler:
+            return x.tobytes(), Example(x[:0], np.concatenate([x, x, [vocab.EOS]]).astype(np.int32))
+        before = int(rng.integers(0, self.filler + 1))
+        f = self._symbols(rng, self.filler)
+        body = np.concatenate([f[:before], x, x, f[before:], [vocab.EOS]]).astype(np.int32)
+        return body.tobytes(), Example(x[:0], body)
+
+    def repeat_span(self, ex: Example) -> tuple[int, int]:
+        """(start, L): the first occurrence is ``ex.targets[start:start+L]``, its repeat the next L
+        targets (``prompt='first'``: the inputs, start 0). With filler, the earliest offset at which
+        the L targets repeat (the drawn one unless the filler happens to repeat too)."""
+        if self.prompt == "first":
+            return 0, len(ex.inputs)
+        n = (len(ex.targets) - 1 - self.filler) // 2
+        t = ex.targets
+        for start in range(self.filler + 1):
+            if np.array_equal(t[start:start + n], t[start + n:start + 2 * n]):
+                return start, n
+        raise ValueError(f"induction: no repeated segment of length {n} in {t.tolist()}")
 
 
 @register_task("infill")

@@ -9,7 +9,11 @@ and every saved checkpoint, on the same fixed validation sequences (one per row,
   earlier points at it). ``icl_score`` = repeat_loss - first_loss: loss late in the context minus
   loss early (negative = the context is used).
 * per head: ``prefix_matching`` (:func:`prefix_matching_scores`), ``previous_token``
-  (attention to the immediately preceding position) and ``copying`` (:func:`copying_scores`).
+  (attention to the immediately preceding position) and ``copying`` (:func:`copying_scores`);
+  and, for look-back distances d = 1..8, the best strided prefix-matching score (``stride``,
+  ``strided_matching``: a second-layer head keyed on a first-layer head that reads d back) and the
+  best fixed-offset attention (``lookback``, ``lookback_score``), so that a circuit built on a
+  longer look-back than the previous token shows up instead of reading as "nothing formed".
 
 Phase change (:func:`phase_change`): the repeat loss's 10%-to-90% drop window, measured from
 ln(n_symbols) (the loss without context) to its last value; the step at which the
@@ -37,8 +41,11 @@ from archcmp.analysis.common.cli import out_dir, probe_parser
 
 
 # ----------------------------------------------------------------------------- head scores
+STRIDES = tuple(range(1, 9))  # look-back distances scored per head (1: previous token / induction proper)
+
+
 def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray,
-                           queries: np.ndarray | None = None) -> np.ndarray:
+                           queries: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
     """Per-head prefix-matching score.  attn [B, H, T, T] (query, key), tokens [B, T], valid [B, T].
 
     For a query at position q, the *induction targets* are the earlier positions k <= q whose
@@ -48,12 +55,16 @@ def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarr
     given, are in it: the analysis passes the repeated segment, where copying pays, so chance
     repeats inside the first occurrence do not dilute it). A perfect induction head scores 1; a
     head attending uniformly scores about (#targets / #visible keys). -> [H]
+
+    ``stride`` d > 1 scores the targets k with tokens[k-d] == tokens[q] instead: the key of a
+    strided induction circuit, whose first-layer head reads d positions back rather than one (a
+    segment at least d long can be completed that way too). d = 1 is the induction head proper.
     """
     attn, tokens, valid = np.asarray(attn, np.float64), np.asarray(tokens), np.asarray(valid, bool)
     B, H, T, _ = attn.shape
     q, k = np.arange(T)[:, None], np.arange(T)[None, :]
-    prev = np.concatenate([np.full((B, 1), -1), tokens[:, :-1]], axis=1)  # token before each key
-    target = (prev[:, None, :] == tokens[:, :, None]) & (k >= 1) & (k <= q)  # [B, Tq, Tk]
+    prev = np.concatenate([np.full((B, stride), -1), tokens[:, :T - stride]], axis=1)  # token d before each key
+    target = (prev[:, None, :] == tokens[:, :, None]) & (k >= stride) & (k <= q)  # [B, Tq, Tk]
     target &= valid[:, :, None] & valid[:, None, :]
     if queries is not None:
         target &= np.asarray(queries, bool)[:, :, None]
@@ -63,11 +74,12 @@ def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarr
     return (mass * has[:, None, :]).sum(axis=(0, 2)) / max(n, 1)
 
 
-def previous_token_scores(attn: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per-head mean attention from each valid query (position >= 1) to the position before. -> [H]"""
+def previous_token_scores(attn: np.ndarray, valid: np.ndarray, offset: int = 1) -> np.ndarray:
+    """Per-head mean attention from each valid query (position >= ``offset``) to the position
+    ``offset`` before it (1: the previous token). -> [H]"""
     attn, valid = np.asarray(attn, np.float64), np.asarray(valid, bool)
-    diag = np.diagonal(attn, offset=-1, axis1=2, axis2=3)  # [B, H, T-1]: query t+1 -> key t
-    keep = valid[:, 1:] & valid[:, :-1]
+    diag = np.diagonal(attn, offset=-offset, axis1=2, axis2=3)  # [B, H, T-d]: query t+d -> key t
+    keep = valid[:, offset:] & valid[:, :-offset]
     return (diag * keep[:, None, :]).sum(axis=(0, 2)) / max(keep.sum(), 1)
 
 
@@ -122,12 +134,17 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
         # (the first ~50 steps bring the loss down from the initial logits to that level)
         w = drop_window(g["step"], g["repeat_loss"], start=float(np.log(g["n_symbols"].iloc[0])))
         h = heads[(heads["run"] == run)]
-        last = h[h["layer"] == h["layer"].max()].groupby("step")["prefix_matching"].max().sort_index()
+        top = h[h["layer"] == h["layer"].max()]
+        last = top.groupby("step")["prefix_matching"].max().sort_index()
+        strided = (top.groupby("step")["strided_matching"].max().sort_index() if "strided_matching" in top
+                   else last)
         interval = float(np.median(np.diff(g["step"]))) if len(g) > 1 else np.nan
         rows.append({"run": run, "arch": g["arch"].iloc[0], "seed": int(g["seed"].iloc[0]),
                      "n_symbols": int(g["n_symbols"].iloc[0]), **w, "interval": interval,
                      "pm_step": first_reach(last.index, last.values, pm_threshold),
                      "final_pm": float(last.iloc[-1]) if len(last) else np.nan,
+                     "strided_step": first_reach(strided.index, strided.values, pm_threshold),
+                     "final_strided": float(strided.iloc[-1]) if len(strided) else np.nan,
                      "final_repeat_loss": float(g["repeat_loss"].iloc[-1]),
                      "final_first_loss": float(g["first_loss"].iloc[-1])})
     return pd.DataFrame(rows)
@@ -136,17 +153,27 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
 def criterion(phase: pd.DataFrame, max_window: float = 0.5) -> dict:
     """Every seed: the repeat loss falls by >= ln(n_symbols)/2, within a 10-90% window no longer
     than ``max_window`` x its end step, and the prefix-matching step lies in that window +- one
-    checkpoint interval."""
+    checkpoint interval. ``met_strided``: the same with a last-layer head's best strided
+    prefix-matching score (any look-back 1..8) in place of the stride-1 score."""
     per = []
     for _, r in phase.iterrows():
         big = bool(r["drop"] >= 0.5 * np.log(r["n_symbols"]))
         sharp = bool(np.isfinite(r["window"]) and r["window"] <= max_window * r["t90"])
-        together = bool(np.isfinite(r["pm_step"]) and np.isfinite(r["t10"])
-                        and r["t10"] - r["interval"] <= r["pm_step"] <= r["t90"] + r["interval"])
+
+        def inside(step):
+            return bool(np.isfinite(step) and np.isfinite(r["t10"])
+                        and r["t10"] - r["interval"] <= step <= r["t90"] + r["interval"])
+
+        together = inside(r["pm_step"])
+        strided = inside(r.get("strided_step", np.nan))
         per.append({"run": r["run"], "arch": r["arch"], "seed": int(r["seed"]), "drop": float(r["drop"]),
-                    "t10": r["t10"], "t90": r["t90"], "pm_step": r["pm_step"], "large_drop": big,
-                    "sharp": sharp, "same_step_as_prefix_matching": together, "met": big and sharp and together})
-    return {"met": bool(per) and all(p["met"] for p in per), "n_seeds": len(per), "runs": per}
+                    "t10": r["t10"], "t90": r["t90"], "pm_step": r["pm_step"],
+                    "strided_step": r.get("strided_step", np.nan), "large_drop": big,
+                    "sharp": sharp, "same_step_as_prefix_matching": together,
+                    "same_step_as_strided_matching": strided, "met": big and sharp and together,
+                    "met_strided": big and sharp and strided})
+    return {"met": bool(per) and all(p["met"] for p in per),
+            "met_strided": bool(per) and all(p["met_strided"] for p in per), "n_seeds": len(per), "runs": per}
 
 
 # ----------------------------------------------------------------------------- per run
@@ -165,11 +192,12 @@ def probe_set(run, tasks, examples: int):
     repeat = np.zeros_like(first)
     for i, ex in enumerate(exs):
         if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
-            n, start = len(ex.inputs), 1
-        else:  # prompt='none': BOS SEP x(2..L+1) x(L+2..2L+1) EOS
-            n, start = (len(ex.targets) - 1) // 2, 2
+            n, start, gap = len(ex.inputs), 1, 1
+        else:  # prompt='none': BOS SEP [filler] x x [filler] EOS, target t at input position t + 2
+            at, n = task.repeat_span(ex)
+            start, gap = at + 2, 0
         first[i, start:start + n - 1] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
-        repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
+        repeat[i, start + n + gap:start + 2 * n + gap - 1] = True  # the same within the repeat
     symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
@@ -210,11 +238,15 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
             per_step.append({**base, "step": step, "first_loss": fl, "repeat_loss": rl, "icl_score": rl - fl})
             cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols)])
             for layer in range(attn.shape[0]):
-                pm = prefix_matching_scores(attn[layer], batch["inputs"], valid, queries=repeat)
-                pt = previous_token_scores(attn[layer], valid)
+                strided = np.stack([prefix_matching_scores(attn[layer], batch["inputs"], valid, queries=repeat,
+                                                           stride=d) for d in STRIDES])  # [S, H]
+                back = np.stack([previous_token_scores(attn[layer], valid, d) for d in STRIDES])  # [S, H]
                 for h in range(attn.shape[2]):
-                    heads.append({**base, "step": step, "layer": layer + 1, "head": h, "prefix_matching": pm[h],
-                                  "previous_token": pt[h], "copying": cop[layer, h]})
+                    s, b = int(strided[:, h].argmax()), int(back[:, h].argmax())
+                    heads.append({**base, "step": step, "layer": layer + 1, "head": h,
+                                  "prefix_matching": strided[0, h], "previous_token": back[0, h],
+                                  "copying": cop[layer, h], "stride": STRIDES[s], "strided_matching": strided[s, h],
+                                  "lookback": STRIDES[b], "lookback_score": back[b, h]})
     finally:
         ck.close()
     return per_step, heads
@@ -250,9 +282,10 @@ def plot_heads(heads: pd.DataFrame, out: Path):
     from matplotlib.figure import Figure
 
     runs = list(dict.fromkeys(heads["run"]))
-    scores = ("prefix_matching", "copying", "previous_token")
-    fig = Figure(figsize=(12, 3.0 * len(runs)), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(len(runs), 3, squeeze=False))
+    scores = tuple(c for c in ("prefix_matching", "strided_matching", "previous_token", "lookback_score", "copying")
+                   if c in heads)
+    fig = Figure(figsize=(4 * len(scores), 3.0 * len(runs)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), len(scores), squeeze=False))
     for row, run in zip(axes, runs):
         g = heads[(heads["run"] == run) & (heads["step"] > 0)]
         for (layer, head), gh in g.groupby(["layer", "head"]):
