@@ -170,18 +170,18 @@ def build(src_model: Any, model_cfg: Any, head: str, num_classes: int, seed: int
 
 def _check_source(s: Any, loaded: Any, task: Any, T: int, enc_len: int | None) -> None:
     """The task must be readable by the source model: same arch and tokenizer, rows within max_len."""
-    src_arch, src_task = loaded.model_cfg.arch, loaded.info["task"]
+    src_arch, src_task = loaded.config.arch, loaded.info["task"]
     if src_arch != s.arch:
         raise ConfigError(f"arch={s.arch!r}: the source run finetune.from={s.finetune.source!r} is arch={src_arch!r}; "
                           f"set arch={src_arch}")
-    V = loaded.model_cfg.vocab_size
+    V = loaded.config.vocab_size
     same_vocab = task.tokenizer.vocab_size == V and all(
         task.tokenizer.decode([i]) == src_task.tokenizer.decode([i]) for i in range(V))
     if not same_vocab:
         raise ConfigError(f"task={s.task.name!r}: its tokenizer differs from the source run's ({src_task.name!r}); "
                           "fine-tune on a task with the same tokens")
-    if max(T, enc_len or 0) > loaded.model_cfg.max_len:
-        raise ConfigError(f"task.seq_len={T}: longer than the source model's max_len={loaded.model_cfg.max_len}")
+    if max(T, enc_len or 0) > loaded.config.max_len:
+        raise ConfigError(f"task.seq_len={T}: longer than the source model's max_len={loaded.config.max_len}")
 
 
 def check(s: Any, task: Any) -> None:
@@ -257,7 +257,7 @@ def _member(s: Any, run_dir: Path, record: dict, task: Any, compiled: dict) -> d
     T = s.task.seq_len
     enc_len = (s.task.enc_len or T) if arch_spec(s.arch).encoder_stack else None
     _check_source(s, loaded, task, T, enc_len)
-    model_cfg = loaded.model_cfg
+    model_cfg = loaded.config
     label_ids = tuple(int(t) for t in task.label_ids)
     fmt = FinetuneFormatter(s.arch, T, ft.head, label_ids, model_cfg.vocab_size, enc_len, aux=ft.aux_lm_weight > 0)
     eval_fmt = FinetuneFormatter(s.arch, T, ft.head, label_ids, model_cfg.vocab_size, enc_len)
