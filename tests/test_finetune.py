@@ -295,3 +295,34 @@ def test_bad_finetune_config_is_one_line_exit_2(source, tmp_path, override, mess
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_group_source_maps_member_seeds(tmp_path):
+    from archcmp.model.config import ConfigError
+    from archcmp.training.finetune import source_dir
+
+    group = tmp_path / "dec-s0"
+    for seed in (0, 1, 2):
+        (group / f"dec-s{seed}").mkdir(parents=True)
+        (group / f"dec-s{seed}" / "summary.json").write_text("{}")
+    (group / "ensemble.json").write_text(json.dumps({"members": ["dec-s0", "dec-s1", "dec-s2"], "seeds": [0, 1, 2]}))
+    assert source_dir(str(group), 1) == group / "dec-s1"
+    assert source_dir(str(group / "dec-s2"), 0) == group / "dec-s2"  # a single run serves every seed
+    with pytest.raises(ConfigError, match=r"has no member with seed=5"):
+        source_dir(str(group), 5)
+
+
+def test_identity_of_plain_runs_is_unchanged_and_finetune_identity_holds_the_source():
+    from archcmp.training.finetune import with_source
+    from archcmp.training.identity import identity_of
+
+    base = {"seed": 0, "arch": {"name": "encoder", "objective": "mlm", "mlm_replacement": "bert"},
+            "finetune": {"from": None, "step": None, "head": "last", "aux_lm_weight": 0.0, "train_backbone": True}}
+    # the settings added here leave a plain run's identity as it was before they existed
+    assert identity_of(base) == {"seed": 0, "arch": {"name": "encoder", "objective": "mlm"}}
+    masked = {**base, "arch": {**base["arch"], "mlm_replacement": "mask"}}
+    assert identity_of(masked)["arch"]["mlm_replacement"] == "mask"
+    ft = {**base, "finetune": {**base["finetune"], "from": "/some/path"}}
+    ident = identity_of(with_source(ft, {"hash": "abc", "step": 4, "exact": True}))
+    assert ident["finetune"]["source"] == {"hash": "abc", "step": 4, "exact": True}
+    assert "from" not in ident["finetune"]  # the same source reached by another path is the same run
