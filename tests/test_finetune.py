@@ -326,3 +326,34 @@ def test_identity_of_plain_runs_is_unchanged_and_finetune_identity_holds_the_sou
     ident = identity_of(with_source(ft, {"hash": "abc", "step": 4, "exact": True}))
     assert ident["finetune"]["source"] == {"hash": "abc", "step": 4, "exact": True}
     assert "from" not in ident["finetune"]  # the same source reached by another path is the same run
+
+
+def test_analysis_names_methods_and_writes_the_seed_evidence(tmp_path):
+    import pandas as pd
+
+    from archcmp.analysis.finetune.cli import run_cli
+
+    def fake(name, arch, head, aux, src_obj, repl, seed, acc):
+        d = tmp_path / "runs" / name / f"s{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "objective": "finetune", "status": "complete", "task": "greater", "arch": arch, "seed": seed,
+            "finetune": {"head": head, "aux_lm_weight": aux, "train_backbone": True, "source_objective": src_obj,
+                         "source_mlm_replacement": repl},
+            "eval_accuracy": acc, "majority_baseline": 0.5, "accuracy_over_chance": acc - 0.5, "eval_loss": 0.6,
+            "data_fingerprint": f"fp{seed}"}))
+
+    for seed, acc in enumerate([0.6, 0.7, 0.8]):
+        fake("a", "encoder", "first", 0.0, "mlm", "mask", seed, acc)
+        fake("b", "decoder", "last", 0.5, "task", "bert", seed, acc - 0.1)
+        fake("c", "decoder", "generate", 0.0, "task", "bert", seed, acc)
+    assert run_cli([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    seeds = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert set(seeds.group) == {"encoder/first+always_mask", "decoder/last+aux0.5", "decoder/generate"}
+    mask_free = seeds[seeds.metric == "mask_free_accuracy"]
+    assert set(mask_free.group) == {"encoder/first+always_mask", "decoder/last+aux0.5"}  # generate: no mask-free row
+    over = seeds[(seeds.metric == "accuracy_over_chance") & (seeds.group == "decoder/last+aux0.5")]
+    np.testing.assert_allclose(sorted(over.value), [0.0, 0.1, 0.2], atol=1e-6)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| greater | encoder/first+always_mask | 3 | 0.700 ± 0.248 |" in table  # t(0.975, 2) * 0.1 / sqrt(3)
+    assert (tmp_path / "out" / "finetune.png").stat().st_size > 1000
