@@ -1,4 +1,4 @@
-"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,extrapolation,decoding,seeds,sweep} PATH ...` — dispatches to the probe modules.
+"""`archcmp-analyze {scaling,rank,emergence,grokking,induction,extrapolation,decoding,finetune,seeds,sweep} PATH ...` — dispatches to the probe modules.
 
 Each probe module exposes ``run_cli(argv: list[str]) -> int``; its own argparse parser
 documents its options (``archcmp-analyze scaling --help``).
@@ -16,6 +16,7 @@ PROBES = {
     "induction": "archcmp.analysis.induction.cli",
     "extrapolation": "archcmp.analysis.extrapolation.cli",
     "decoding": "archcmp.analysis.decoding.cli",
+    "finetune": "archcmp.analysis.finetune.cli",
     "seeds": "archcmp.analysis.seeds.cli",
     "sweep": "archcmp.analysis.seeds.sweep",
 }

@@ -15,6 +15,7 @@ from archcmp.data.tasks import SPLITS, Task, make_task, task_names
 # registers the text tasks (shakespeare, shakespeare_bpe) in the task registry of ``tasks``; every
 # import of a data module runs this package first, so make_task always knows them
 from archcmp.data import text_tasks  # noqa: E402,F401
+from archcmp.data import downstream  # noqa: E402,F401  (sum_parity, greater, key_present)
 
 __all__ = [
     "ARCHS", "SPLITS", "BatchIterator", "FullBatchIterator", "Example", "Fingerprinter", "Formatter", "Task", "batch_rng",

@@ -12,7 +12,8 @@ Layouts for one example (x = inputs, n tokens; y = targets, m tokens):
              'span': T5 span corruption of x+y (``noising.span_corrupt``): enc_inputs = corrupted,
              targets = sentinel/span stream, inputs = BOS targets[:-1]
   encoder    'task': inputs = BOS x SEP MASK*m; targets = y at the MASK slots      (n+m+2)
-             'mlm':  BERT 80/10/10 masking over BOS x SEP y (BOS/SEP never chosen)
+             'mlm':  BERT 80/10/10 masking over BOS x SEP y (BOS/SEP never chosen);
+                     ``mlm_replacement='mask'``: every chosen token becomes MASK
 
 eval_weights marks exactly the positions predicting y in the task layouts (so all four
 architectures are scored on the same tokens); it is all zero in the pretraining layouts
@@ -32,7 +33,7 @@ import numpy as np
 
 from archcmp.data import vocab
 from archcmp.data.example import Example
-from archcmp.data.noising import mlm_corrupt, span_corrupt
+from archcmp.data.noising import MLM_REPLACEMENTS, mlm_corrupt, span_corrupt
 from archcmp.data.packing import pack_rows
 from archcmp.model.archs import ArchSpec, arch_spec
 
@@ -72,6 +73,7 @@ class Formatter:
     loss_on: str | None = None
     vocab_size: int | None = None
     mlm_rate: float = 0.15
+    mlm_replacement: str = "bert"
     noise_density: float = 0.15
     mean_span: float = 3.0
 
@@ -93,6 +95,8 @@ class Formatter:
             if enc_len < self.seq_len - 2:
                 raise ValueError(f"enc_len {enc_len} must be >= seq_len - 2 = {self.seq_len - 2}")
             object.__setattr__(self, "enc_len", enc_len)
+        if self.mlm_replacement not in MLM_REPLACEMENTS:
+            raise ValueError(f"mlm_replacement must be one of {list(MLM_REPLACEMENTS)}, got {self.mlm_replacement!r}")
         if self.objective == "mlm" and (self.vocab_size is None or self.vocab_size <= vocab.N_SPECIAL):
             raise ValueError(f"objective 'mlm' needs vocab_size > {vocab.N_SPECIAL}, got {self.vocab_size!r}")
 
@@ -124,7 +128,7 @@ class Formatter:
         tokens = np.concatenate([[vocab.BOS], x, [vocab.SEP], y]).astype(np.int32)
         cand = np.ones(tokens.size, bool)
         cand[[0, n + 1]] = False
-        corrupted, chosen = mlm_corrupt(tokens, cand, rng, self.vocab_size, self.mlm_rate)
+        corrupted, chosen = mlm_corrupt(tokens, cand, rng, self.vocab_size, self.mlm_rate, self.mlm_replacement)
         return _seg(corrupted, np.where(chosen, tokens, 0), chosen, np.zeros(tokens.size))
 
     def _encdec(self, ex: Example, rng) -> tuple[np.ndarray, _Segment]:
@@ -186,8 +190,9 @@ class Formatter:
 
 
 def make_formatter(arch: str, seq_len: int, enc_len: int | None = None, **options) -> Formatter:
-    """Build a Formatter; options: objective, loss_on, vocab_size, mlm_rate, noise_density, mean_span."""
-    allowed = {"objective", "loss_on", "vocab_size", "mlm_rate", "noise_density", "mean_span"}
+    """Build a Formatter; options: objective, loss_on, vocab_size, mlm_rate, mlm_replacement, noise_density,
+    mean_span."""
+    allowed = {"objective", "loss_on", "vocab_size", "mlm_rate", "mlm_replacement", "noise_density", "mean_span"}
     for key in options:
         if key not in allowed:
             raise ValueError(f"unknown formatter option {key!r} (allowed: {', '.join(sorted(allowed))})")

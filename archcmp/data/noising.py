@@ -1,8 +1,10 @@
 """Seeded corruption for the pretraining objectives (numpy only).
 
 * ``mlm_corrupt``: BERT masking. Exactly round(rate * #candidates) (>= 1) candidate positions are
-  chosen; each is replaced by MASK with p=0.8, by a uniform random ordinary token with p=0.1,
-  left unchanged with p=0.1.
+  chosen; with ``replacement="bert"`` (the default) each is replaced by MASK with p=0.8, by a uniform
+  random ordinary token with p=0.1, left unchanged with p=0.1; with ``replacement="mask"`` every
+  chosen position becomes MASK (the model then never sees a real token where it is scored: the
+  train/use mismatch BERT's 80/10/10 was meant to soften).
 * ``span_corrupt`` / ``span_reconstruct``: T5 span corruption. round(L * density) noise tokens
   (clamped to [1, L-1]) in round(noise / mean_span) spans (>= 1, <= 16 sentinels, <= number of
   non-noise tokens); spans alternate with non-noise spans starting with a non-noise one.
@@ -20,9 +22,14 @@ def _round(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
+MLM_REPLACEMENTS = ("bert", "mask")  # 80/10/10, or always MASK
+
+
 def mlm_corrupt(tokens: np.ndarray, candidates: np.ndarray, rng: np.random.Generator, vocab_size: int,
-                rate: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+                rate: float = 0.15, replacement: str = "bert") -> tuple[np.ndarray, np.ndarray]:
     """tokens int32[L], candidates bool[L] -> (corrupted int32[L], chosen bool[L])."""
+    if replacement not in MLM_REPLACEMENTS:
+        raise ValueError(f"mlm replacement must be one of {list(MLM_REPLACEMENTS)}, got {replacement!r}")
     if vocab_size <= vocab.N_SPECIAL:
         raise ValueError(f"mlm needs ordinary tokens: vocab_size {vocab_size} <= {vocab.N_SPECIAL}")
     tokens = np.asarray(tokens, np.int32)
@@ -34,6 +41,9 @@ def mlm_corrupt(tokens: np.ndarray, candidates: np.ndarray, rng: np.random.Gener
     k = min(cand.size, max(1, _round(rate * cand.size)))
     pick = np.sort(rng.choice(cand, size=k, replace=False))
     chosen[pick] = True
+    if replacement == "mask":
+        out[pick] = vocab.MASK
+        return out, chosen
     u = rng.random(k)
     rand_tok = rng.integers(vocab.N_SPECIAL, vocab_size, size=k, dtype=np.int32)
     out[pick[u < 0.8]] = vocab.MASK

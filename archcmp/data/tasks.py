@@ -8,7 +8,8 @@ and exposes ``name``, ``tokenizer``, ``max_tokens`` (max len(inputs)+len(targets
 ``pack_by_default`` (short tasks pack several examples per row).
 
 Registry: ``make_task(name, **params)``; unknown names or parameters raise ``ValueError`` naming
-the offending key/value. Registered: addition, multiplication, modular, recall, induction, shakespeare.
+the offending key/value. Registered: addition, multiplication, modular, recall, induction, infill, shakespeare, and the
+classification tasks of :mod:`archcmp.data.downstream` (sum_parity, greater, key_present).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def bad_param(task: str, key: str, value, want: str) -> ValueError:
     return ValueError(f"{task}: parameter {key!r} must be {want}, got {value!r}")
 
 
-def _int_range(task: str, key: str, value, lo: int, hi: int) -> tuple[int, int]:
+def int_range(task: str, key: str, value, lo: int, hi: int) -> tuple[int, int]:
     """Accept an int or a [min, max] pair within [lo, hi]; return (min, max)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
@@ -118,7 +119,7 @@ class Task:
             i += 1
 
 
-class _SampledTask(Task):
+class SampledTask(Task):
     """Infinite stream: example i draws items from rng(seed, split, i) until one hashes into the
     requested split, so train/validation/test are disjoint item sets for every seed."""
 
@@ -135,13 +136,13 @@ class _SampledTask(Task):
         raise RuntimeError(f"{self.name}: no item hashes into split {split!r}; widen the parameters")
 
 
-class _ArithmeticTask(_SampledTask):
+class _ArithmeticTask(SampledTask):
     """a <op> b with operands of ``digits`` digits (int or [min, max]); targets = answer + EOS."""
 
     symbol = "+"
 
     def __init__(self, digits=3, reverse: bool = False):
-        self.digits = _int_range(self.name, "digits", digits, 1, 18)
+        self.digits = int_range(self.name, "digits", digits, 1, 18)
         if not isinstance(reverse, bool):
             raise bad_param(self.name, "reverse", reverse, "a bool")
         self.reverse = reverse
@@ -300,7 +301,7 @@ class ModularTask(Task):
 
 
 @register_task("recall")
-class RecallTask(_SampledTask):
+class RecallTask(SampledTask):
     """Few-shot associative recall; accuracy is governed by the number of shots k.
 
     Each sequence draws a fresh mapping from ``n_keys`` distinct letters to digit values
@@ -314,7 +315,7 @@ class RecallTask(_SampledTask):
     """
 
     def __init__(self, shots=4, n_keys: int = 8, n_values: int = 10, query: str = "any"):
-        self.shots = _int_range("recall", "shots", shots, 1, 256)
+        self.shots = int_range("recall", "shots", shots, 1, 256)
         if not isinstance(n_keys, (int, np.integer)) or not 2 <= n_keys <= 26:
             raise bad_param("recall", "n_keys", n_keys, "an int in [2, 26]")
         if not isinstance(n_values, (int, np.integer)) or not 2 <= n_values <= 10:
@@ -339,7 +340,7 @@ class RecallTask(_SampledTask):
 
 
 @register_task("induction")
-class InductionTask(_SampledTask):
+class InductionTask(SampledTask):
     """A random segment and its repeat: the in-context copying task of induction heads.
 
     Each example draws a segment x of L tokens (L uniform in ``length``, an int or [min, max]),
@@ -366,7 +367,7 @@ class InductionTask(_SampledTask):
 
     def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none", tokens: str = "letters",
                  filler: int = 0):
-        self.length = _int_range("induction", "length", length, 2, 256)
+        self.length = int_range("induction", "length", length, 2, 256)
         if tokens not in ("letters", "symbols"):
             raise bad_param("induction", "tokens", tokens, "'letters' or 'symbols'")
         most = 26 if tokens == "letters" else 1024
@@ -417,7 +418,7 @@ class InductionTask(_SampledTask):
 
 
 @register_task("infill")
-class InfillTask(_SampledTask):
+class InfillTask(SampledTask):
     """Fill a span missing from the middle; the answer depends on both sides.
 
     Each example draws a left and a right side of ``side`` random digits and a span of ``span``

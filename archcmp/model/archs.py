@@ -7,6 +7,17 @@ read instead of comparing architecture names.
 | prefix_lm | one               | prefix         | task             | targets (or all)   | left to right, cache |
 | encdec    | encoder + decoder | bidirectional / causal + cross | task, span | (answer tokens) | left to right, cache |
 | encoder   | one               | bidirectional  | task, mlm        | (answer tokens)    | mask filling         |
+
+Fine-tuning (:mod:`archcmp.training.finetune`):
+
+| arch      | classifier heads (+ generate) | the last token           | mean-pools       | auxiliary LM objective |
+|-----------|-------------------------------|--------------------------|------------------|------------------------|
+| decoder   | last, mean                    | SEP after the prompt     | the prompt       | next token (task)      |
+| prefix_lm | last, mean, first             | SEP after the prompt     | the prompt       | next token (task)      |
+| encdec    | last, mean                    | the decoder's BOS        | encoder memory   | span corruption        |
+| encoder   | first, mean, last             | SEP after the prompt     | the prompt       | masked LM              |
+
+A causal decoder's first token has seen nothing but BOS, so ``first`` is refused for it.
 """
 from __future__ import annotations
 
@@ -28,6 +39,10 @@ class ArchSpec:
     default_loss_on: str | None
     # generation: "autoregressive" (greedy / sampling / beam, KV cache) or "mask_fill"
     generation: str
+    # fine-tuning: the hidden states a linear classifier may read ("first", "last", "mean")
+    classifier_heads: tuple[str, ...] = ("last", "mean")
+    # fine-tuning: the objective of the auxiliary LM loss on a task's inputs (GPT-1's λ term)
+    lm_objective: str = "task"
 
     @property
     def autoregressive(self) -> bool:
@@ -48,16 +63,23 @@ class ArchSpec:
         return (enc_len or seq_len) if self.encoder_stack else None
 
     @property
+    def finetune_heads(self) -> tuple[str, ...]:
+        """Every ``finetune.head`` this architecture takes: its classifier heads and ``generate``."""
+        return (*self.classifier_heads, "generate")
+
+    @property
     def prompt_is_prefix(self) -> bool:
         """The prompt ``BOS x SEP`` is attended bidirectionally (a ``prefix_mask`` in the batch)."""
         return self.self_attention == "prefix"
 
 
 ARCH_SPECS: dict[str, ArchSpec] = {
-    "encoder": ArchSpec("encoder", "bidirectional", False, ("task", "mlm"), None, "mask_fill"),
-    "decoder": ArchSpec("decoder", "causal", False, ("task",), "targets", "autoregressive"),
-    "prefix_lm": ArchSpec("prefix_lm", "prefix", False, ("task",), "targets", "autoregressive"),
-    "encdec": ArchSpec("encdec", "causal", True, ("task", "span"), None, "autoregressive"),
+    "encoder": ArchSpec("encoder", "bidirectional", False, ("task", "mlm"), None, "mask_fill",
+                        ("first", "mean", "last"), "mlm"),
+    "decoder": ArchSpec("decoder", "causal", False, ("task",), "targets", "autoregressive", ("last", "mean"), "task"),
+    "prefix_lm": ArchSpec("prefix_lm", "prefix", False, ("task",), "targets", "autoregressive",
+                          ("last", "mean", "first"), "task"),
+    "encdec": ArchSpec("encdec", "causal", True, ("task", "span"), None, "autoregressive", ("last", "mean"), "span"),
 }
 assert tuple(ARCH_SPECS) == ARCHS
 

@@ -186,15 +186,25 @@ class SingleStackLM(nnx.Module):
         if cache is not None:
             _no_extras_with_cache(return_attention, return_hidden)
             return self._cached(batch, cache)
-        x = self.embed(batch["inputs"], batch.get("token_types"))  # [B, T, D]
-        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-        x = dropout(x, self.cfg.dropout, keys[0])
-        h, extras = self.stack(x, self.mask(batch), batch["positions"], key=keys[1],
-                               return_attention=return_attention, return_hidden=return_hidden)
+        h, extras = self._trunk(batch, dropout_key, return_attention, return_hidden)
         logits = self.head(h, self.embed)
         if not (return_attention or return_hidden):
             return logits
         return logits, extras
+
+    def _trunk(self, batch: Batch, dropout_key: Array | None, return_attention: bool = False,
+               return_hidden: bool = False) -> tuple[Array, dict]:
+        x = self.embed(batch["inputs"], batch.get("token_types"))  # [B, T, D]
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        x = dropout(x, self.cfg.dropout, keys[0])
+        return self.stack(x, self.mask(batch), batch["positions"], key=keys[1],
+                          return_attention=return_attention, return_hidden=return_hidden)
+
+    def features(self, batch: Batch, dropout_key: Array | None = None) -> dict[str, Array | None]:
+        """The stack's output before the LM head (what a classifier head reads):
+        ``{"tokens": [B, T, D], "memory": None}``."""
+        _check_batch(self.cfg, batch, _SINGLE_STACK_KEYS[self.cfg.arch])
+        return {"tokens": self._trunk(batch, dropout_key)[0], "memory": None}
 
 
 class EncoderDecoder(nnx.Module):
@@ -250,15 +260,29 @@ class EncoderDecoder(nnx.Module):
         if cache is not None:
             _no_extras_with_cache(return_attention, return_hidden)
             return self._cached(batch, cache)
+        h, extras = self._decoder_trunk(memory, batch, dropout_key, return_attention, return_hidden)
+        logits = self.head(h, self.embed)
+        return (logits, extras) if (return_attention or return_hidden) else logits
+
+    def _decoder_trunk(self, memory: Array, batch: Batch, dropout_key: Array | None, return_attention: bool = False,
+                       return_hidden: bool = False) -> tuple[Array, dict]:
+        cfg = self.cfg
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = dropout(self.embed(batch["inputs"]), cfg.dropout, keys[0])
         self_mask = masks.layer_masks("decoder", batch["segment_ids"], batch["positions"], None,
                                       cfg.patterns, cfg.window, cfg.stride)
         cross_mask = masks.cross_attention_mask(batch["segment_ids"], batch["enc_segment_ids"])
-        h, extras = self.decoder(x, self_mask, batch["positions"], memory=memory, cross_mask=cross_mask,
-                                 key=keys[1], return_attention=return_attention, return_hidden=return_hidden)
-        logits = self.head(h, self.embed)
-        return (logits, extras) if (return_attention or return_hidden) else logits
+        return self.decoder(x, self_mask, batch["positions"], memory=memory, cross_mask=cross_mask,
+                            key=keys[1], return_attention=return_attention, return_hidden=return_hidden)
+
+    def features(self, batch: Batch, dropout_key: Array | None = None) -> dict[str, Array | None]:
+        """The decoder stack's output before the LM head and the encoder's memory (what a classifier
+        head reads): ``{"tokens": [B, T, D], "memory": [B, S, D]}``."""
+        _check_batch(self.cfg, batch, (*_DECODER_KEYS, "enc_segment_ids"))
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        memory = self.encode(batch["enc_inputs"], batch["enc_segment_ids"], batch["enc_positions"],
+                             dropout_key=keys[0])
+        return {"tokens": self._decoder_trunk(memory, batch, keys[1])[0], "memory": memory}
 
     def __call__(self, batch: Batch, return_attention: bool = False, return_hidden: bool = False,
                  dropout_key: Array | None = None, cache: dict | None = None) -> Any:

@@ -1,7 +1,7 @@
 """The types of every config group, checked before anything is built or compiled.
 
 One table per group (``arch``, ``size``, ``task``, ``optimizer``, ``train``, ``model``, ``logger``,
-``device``, ``mesh``, ``sharding``, ``distributed``, the top-level keys, and Hydra's launcher node
+``device``, ``mesh``, ``sharding``, ``distributed``, ``finetune``, the top-level keys, and Hydra's launcher node
 for ``launcher=``): each key has a type -- a true/false, a positive or non-negative integer or
 number, a name from a fixed list, a string, a list of strings -- and a key the table does not know
 is refused too (``+train.stepz=3`` is a typo, not a setting). Every failure is a
@@ -185,8 +185,19 @@ def _optimizer() -> dict[str, Check]:
 def _arch() -> dict[str, Check]:
     from archcmp.model.config import ARCHS
 
+    from archcmp.data.noising import MLM_REPLACEMENTS
+
     return {"name": one_of(*ARCHS), "objective": one_of("task", "mlm", "span"),
-            "loss_on": optional(one_of("targets", "all"))}
+            "loss_on": optional(one_of("targets", "all")), "mlm_replacement": one_of(*MLM_REPLACEMENTS)}
+
+
+FINETUNE_HEADS = ("last", "mean", "first", "generate")
+
+
+def _finetune() -> dict[str, Check]:
+    """``finetune.*`` (archcmp.training.finetune): which run to start from and how to fine-tune it."""
+    return {"from": optional(string), "step": optional(pos_int), "head": one_of(*FINETUNE_HEADS),
+            "aux_lm_weight": nonneg_num, "train_backbone": boolean}
 
 
 def _task() -> dict[str, Check]:
@@ -216,7 +227,7 @@ def _logger(kind: Any) -> dict[str, Check]:
 
 TOP: dict[str, Check] = {"seed": nonneg_int, "experiment_name": string, "run_name": string}
 GROUPS = ("arch", "size", "task", "optimizer", "train", "model", "logger", "device", "mesh", "sharding",
-          "distributed")
+          "distributed", "finetune")
 
 
 def _check_keys(path: str, node: Any, table: Mapping[str, Check], required: tuple[str, ...] = ()) -> None:
@@ -246,7 +257,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     fields = model_fields()
     for group in GROUPS:
         node = cfg.get(group)
-        if node is None and group in ("model", "mesh", "sharding", "distributed", "logger", "device"):
+        if node is None and group in ("model", "mesh", "sharding", "distributed", "logger", "device", "finetune"):
             continue  # optional groups: their defaults apply
         if group == "model":
             _check_keys("model", node, {k: optional(c) for k, c in fields.items()})
@@ -266,7 +277,7 @@ def check(cfg: Mapping[str, Any]) -> None:
             _check_keys("sharding", node, {"rules": optional(axis_rules)})  # names: archcmp.distributed.sharding.parse_mesh
         else:
             table = {"arch": _arch, "task": _task, "optimizer": _optimizer, "train": _train, "device": _device,
-                     "distributed": _distributed}[group]()
+                     "distributed": _distributed, "finetune": _finetune}[group]()
             required = {"arch": ("name", "objective"), "task": ("name", "seq_len"),
                         "optimizer": tuple(_optimizer()), "train": tuple(k for k in _train() if k not in (
                             "tokens_per_param", "flops", "eval_train_examples", "overwrite"))}.get(group, ())

@@ -38,6 +38,9 @@ IGNORED_TOP = ("hydra", "logger", "experiment_name", "run_name", "distributed", 
 # train.* keys that only change bookkeeping (resume is bit-exact, so checkpoint cadence is free).
 IGNORED_TRAIN = ("progress", "resume", "skip_complete", "overwrite", "log_every", "checkpoint_every",
                  "keep_checkpoints")
+# Settings added after runs had been made, left out of the identity at the value those runs had
+# (so an older run directory keeps matching): (group, key) -> that value.
+NEUTRAL_DEFAULTS = {("arch", "mlm_replacement"): "bert"}
 # Files whose presence means the directory already holds (part of) a run.
 RECORDS = ("identity.json", "summary.json", "metrics.jsonl", "config.yaml", "checkpoints", "ensemble.json")
 
@@ -55,6 +58,14 @@ def identity_of(resolved: Mapping[str, Any]) -> dict:
         out["train"] = {k: v for k, v in out["train"].items() if k not in IGNORED_TRAIN}
     if isinstance(out.get("model"), Mapping):  # an unset (null) model field is the arch/size default
         out["model"] = {k: v for k, v in out["model"].items() if v is not None}
+    for (group, key), value in NEUTRAL_DEFAULTS.items():
+        if isinstance(out.get(group), Mapping) and out[group].get(key) == value:
+            out[group] = {k: v for k, v in out[group].items() if k != key}
+    # A run that fine-tunes nothing (finetune.from unset) is the plain training run it always was; a
+    # fine-tuned run's finetune group also carries its source's identity (archcmp.training.finetune).
+    ft = out.get("finetune")
+    if isinstance(ft, Mapping) and ft.get("from") is None and ft.get("source") is None:
+        out.pop("finetune")
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 

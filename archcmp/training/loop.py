@@ -72,6 +72,13 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
     settings = [s] if k == 1 else [parse(c)[0] for c in member_cfgs]
     dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
     resolved = [_resolved(c) for c in member_cfgs]
+    records = None
+    if s.finetune is not None:  # the identity holds the source run's identity and checkpoint step
+        from archcmp.training import finetune
+
+        records = [finetune.source_record(finetune.source_dir(s.finetune.source, m.seed), s.finetune.step)
+                   for m in settings]
+        resolved = [finetune.with_source(r, rec) for r, rec in zip(resolved, records)]
     locks: list = []
     try:
         for d in dict.fromkeys([run_dir, *dirs]) if primary else ():  # the group directory too (k>1)
@@ -88,6 +95,16 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
             idents.append(identity.check(d, r))
         if primary and s.train.overwrite and k > 1:
             (run_dir / ensemble.GROUP_FILE).unlink(missing_ok=True)
+        if s.finetune is not None:
+            def write_records() -> None:
+                if primary:
+                    for d, mcfg, ident in zip(dirs, member_cfgs, idents):
+                        identity.write(d, ident)
+                        _write_resolved_config(d, mcfg)
+                    if k > 1:
+                        ensemble.write_group_record(run_dir, s, [d.name for d in dirs], member_cfgs)
+
+            return ensemble.result(s, finetune.run(s, settings, dirs, records, write_records, on_accept, run_dir))
         return _train(cfg, run_dir, s, shape, member_cfgs, settings, dirs, idents, on_accept)
     finally:
         for lock in reversed(locks):
@@ -157,7 +174,8 @@ def _train(cfg: Any, run_dir: Path, s: Any, shape: dict, member_cfgs: list, sett
     if not any(fit_example(ex, T, "drop") is not None for ex in islice(task.examples("validation", 0), 200)):
         raise ConfigError(f"task.seq_len={T}: too short for task {s.task.name!r} "
                           f"(examples need up to {task.max_tokens + 2} tokens)")
-    fmt_options = {"objective": s.objective, "vocab_size": task.tokenizer.vocab_size}
+    fmt_options = {"objective": s.objective, "vocab_size": task.tokenizer.vocab_size,
+                   "mlm_replacement": s.mlm_replacement}
     if arch_spec(s.arch).default_loss_on is not None:  # loss_on is a choice (decoder, prefix_lm)
         fmt_options["loss_on"] = s.loss_on
     try:

@@ -96,6 +96,20 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class FinetuneSettings:
+    """``finetune.*``: start from the run in ``source`` (its checkpoint ``step``, None = the newest),
+    put a ``head`` on it (last / mean / first hidden state -> a linear classifier, or ``generate``:
+    the label as target tokens under the LM head) and train on the task; ``aux_lm_weight`` λ adds
+    λ x the architecture's own LM objective on the task's inputs (GPT-1's auxiliary loss)."""
+
+    source: str
+    step: int | None = None
+    head: str = "last"
+    aux_lm_weight: float = 0.0
+    train_backbone: bool = True
+
+
+@dataclass(frozen=True)
 class RunSettings:
     seed: int
     arch: str
@@ -114,6 +128,8 @@ class RunSettings:
     mesh: Any = None
     device: Any = None
     distributed: Any = None
+    mlm_replacement: str = "bert"  # arch.mlm_replacement (objective=mlm): "bert" 80/10/10 or "mask"
+    finetune: FinetuneSettings | None = None  # set when finetune.from names a run
 
     def reference_config(self, vocab_size: int) -> ModelConfig:
         """The size's *decoder* (whatever this run's arch): what ``train.tokens_per_param`` counts
@@ -159,6 +175,20 @@ def parse_launcher(hydra_launcher: Mapping[str, Any]) -> None:
     n_jobs = hydra_launcher.get("n_jobs") if hydra_launcher else None
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1):
         raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: must be a positive integer")
+
+
+def parse_finetune(cfg: Mapping[str, Any]) -> FinetuneSettings | None:
+    """The ``finetune`` group (types checked by config_types): None unless ``finetune.from`` is set."""
+    node = cfg.get("finetune") or {}
+    if node.get("from") is None:
+        return None
+    out = FinetuneSettings(source=str(node["from"]), step=node.get("step"), head=node.get("head", "last"),
+                           aux_lm_weight=float(node.get("aux_lm_weight", 0.0)),
+                           train_backbone=bool(node.get("train_backbone", True)))
+    if out.head == "generate" and not out.train_backbone:
+        raise ConfigError("finetune.train_backbone=False: finetune.head=generate has no head of its own, "
+                          "so nothing would be trained; use a classifier head (last, mean, first)")
+    return out
 
 
 def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict]:
@@ -236,12 +266,17 @@ def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict
     device_name = (cfg.get("device") or {}).get("name", "cpu")
     if device_name not in DEVICE_NAMES:
         raise ConfigError(f"device.name={device_name!r}: choose one of {list(DEVICE_NAMES)}")
+    mlm_replacement = cfg["arch"].get("mlm_replacement") or "bert"
+    if mlm_replacement != "bert" and _get(cfg, "arch.objective") != "mlm":
+        raise ConfigError(f"arch.mlm_replacement={mlm_replacement!r}: applies to arch.objective=mlm only "
+                          f"(the objective is {_get(cfg, 'arch.objective')!r})")
     settings = RunSettings(
         seed=seed, arch=arch, size=str(_get(cfg, "size.name")), objective=str(_get(cfg, "arch.objective")),
         loss_on=cfg["arch"].get("loss_on"), experiment=str(cfg.get("experiment_name", "default")),
         run_name=str(cfg.get("run_name", "run")), task=task, train=train, optim=optim, logger=logger,
         model_overrides={k: v for k, v in (cfg.get("model") or {}).items() if v is not None}, reference_shape=dict(shapes.get("decoder", shapes[arch])),
-        mesh=parse_mesh(cfg), device=parse_device(cfg), distributed=parse_distributed(cfg))
+        mesh=parse_mesh(cfg), device=parse_device(cfg), distributed=parse_distributed(cfg),
+        mlm_replacement=mlm_replacement, finetune=parse_finetune(cfg))
     try:  # every model field checked now, as a config error (the vocabulary size comes later, from the task)
         settings.model_config(128, shapes[arch])
     except ValueError as err:

@@ -1,0 +1,1 @@
+"""Fine-tuning results (``archcmp-analyze finetune``)."""
