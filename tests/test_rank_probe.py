@@ -110,7 +110,7 @@ def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
     forward = C.make_forward(graphdef)
     cap = C.capture(model, batch, forward=forward, state=state)
     segments = C.attention_segments(arch, batch)
-    assert set(segments) == {"encoder": {"self"}, "decoder": {"self"}, "prefix_lm": {"self", "prefix"}}.get(
+    assert set(segments) == {"encoder": {"self"}, "decoder": {"self"}, "prefix_lm": {"self", "prefix", "causal"}}.get(
         arch, {"enc_self", "dec_self", "cross"})
     df = C.capture_metrics(cap, batch, arch)
     L, H = 2, 4
@@ -122,14 +122,14 @@ def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
         n_real = [int(np.sum(seg_q[b] == s)) for b, s in pairs]
         assert sorted(d.groupby(["batch", "segment"])["n"].first()) == sorted(n_real)
     # every block equals the attention of that example run alone (packing and padding change nothing)
-    blocks = {kind: {(b, s): blk for b, s, blk in extract_blocks(cap.attention["self" if kind == "prefix" else kind],
+    blocks = {kind: {(b, s): blk for b, s, blk in extract_blocks(cap.attention[C.SOURCE_KIND.get(kind, kind)],
                                                                   seg_q, seg_k)}
               for kind, (seg_q, seg_k) in segments.items()}
     rows = batch["segment_ids"].shape[0]
     for alone_batch, chunk in _alone_batches(batch, pairs, rows):
         alone = C.capture(model, alone_batch, forward=forward, state=state)
         alone_blocks = {kind: {b: blk for b, _, blk in extract_blocks(
-            alone.attention["self" if kind == "prefix" else kind], *C.attention_segments(arch, alone_batch)[kind])}
+            alone.attention[C.SOURCE_KIND.get(kind, kind)], *C.attention_segments(arch, alone_batch)[kind])}
             for kind in segments}
         for r, key in chunk:
             for kind in segments:
@@ -142,6 +142,9 @@ def test_packed_blocks_are_each_examples_own_attention(task, models, arch):
                     assert np.all(blk > 0)
                 if kind == "prefix":                                        # bidirectional inside the prefix
                     assert np.all(blk > 0)
+                if kind == "causal":    # causal among the targets, with mass left on the prefix (renormalised later)
+                    assert np.all(np.triu(blk, 1) == 0) and np.all(blk[..., np.tri(blk.shape[-1]) > 0] > 0)
+                    assert np.all(blk.sum(axis=-1) < 1 - 1e-3)
 
 
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
@@ -192,7 +195,7 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
         assert min(png_pixels(out / f"{stem}.png").shape[:2]) >= 200, stem
     df = pd.read_csv(out / "metrics.csv")
     assert sorted(df["step"].unique()) == [0] + steps                 # init + every checkpoint
-    assert set(df["kind"]) == {"self", "prefix"}
+    assert set(df["kind"]) == {"self", "prefix", "causal"}
     counts = df.groupby("step").size()
     assert counts.nunique() == 1                                      # the same matrices at every step
     per_kind = df[df["step"] == 0].groupby("kind").size()
@@ -207,6 +210,20 @@ def test_rank_cli_on_tiny_run(tiny_run, tmp_path, capsys):
     assert sorted(coll["step"].unique()) == [0] + steps
     table = (out / "table.md").read_text()
     assert "prefix_lm" in table and "→" in table and "matrices/s" in table and "pure_attention" in table
+    # rank relative to the uniform causal matrix per checkpoint, joined with the run's evaluations there
+    ck = pd.read_csv(out / "checkpoints.csv")
+    assert sorted(ck["step"].unique()) == [0] + steps and set(ck["kind"]) == {"self", "prefix", "causal"}
+    evals = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    want = {r["step"]: r["eval_loss"] for r in evals if "eval_loss" in r}
+    got = ck[ck["kind"] == "self"].set_index("step")["eval_loss"]
+    for step in steps:
+        assert got[step] == pytest.approx(want[step], rel=1e-5)
+    contrast = pd.read_csv(out / "prefix_contrast.csv")
+    np.testing.assert_allclose(contrast["causal_minus_prefix"], contrast["causal"] - contrast["prefix"], rtol=1e-5)
+    rq = pd.read_csv(out / "rank_quality.csv")
+    assert set(rq["kind"]) == {"self", "prefix", "causal"} and (rq["checkpoints"] == len(steps)).all()
+    assert min(png_pixels(out / "rank_vs_eval_loss.png").shape[:2]) >= 200
+    assert "Prefix-LM: causal block vs prefix block" in table and "Rank vs eval loss" in table
 
 
 def test_restore_matches_generic_checkpoint(tiny_run):

@@ -22,6 +22,10 @@ own block (real tokens only; segment 0 = padding).  ``prefix`` (prefix_lm only) 
 prefix x prefix sub-block of the same probabilities (query and key segment ids zeroed outside the
 prefix): prefix queries cannot see later tokens, so its rows sum to one and it is the
 bidirectional attention matrix of the prefix, the prefix-LM's analogue of the encoder's.
+``causal`` (prefix_lm only) is the target x target sub-block of the same matrices: causal
+(lower-triangular), but target queries also attend to the prefix, so each row is renormalised to
+sum to one over the target keys (the attention among targets, given that it stays among them).
+The two blocks of one matrix are the within-model contrast of bidirectional vs causal attention.
 
 Rank-collapse ablations (:func:`stack_variants`)
 ------------------------------------------------
@@ -128,8 +132,24 @@ def attention_segments(arch: str, batch: Mapping[str, Any]) -> dict[str, tuple[n
         return {"enc_self": (enc, None), "dec_self": (seg, None), "cross": (seg, enc)}
     out = {"self": (seg, None)}
     if arch_spec(arch).prompt_is_prefix:
-        out["prefix"] = (np.where(np.asarray(batch["prefix_mask"], bool), seg, 0), None)
+        prefix = np.asarray(batch["prefix_mask"], bool)
+        out["prefix"] = (np.where(prefix, seg, 0), None)
+        out["causal"] = (np.where(prefix, 0, seg), None)
     return out
+
+
+# Sub-blocks cut from another kind's probabilities; those in RENORMALISED have rows that do not sum
+# to one inside the block, so their rows are renormalised over the block's keys.
+SOURCE_KIND = {"prefix": "self", "causal": "self"}
+RENORMALISED = frozenset({"causal"})
+
+
+def renormalise_rows(probs, seg_k) -> np.ndarray:
+    """``probs [L, B, H, Tq, Tk]`` with the keys outside ``seg_k [B, Tk] > 0`` zeroed and each
+    row rescaled to sum to one over the remaining keys (rows with no mass there stay zero)."""
+    p = np.asarray(probs, np.float64) * (np.asarray(seg_k) > 0)[None, :, None, None, :]
+    total = p.sum(axis=-1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
 
 
 def capture_metrics(cap: Capture, batch: Mapping[str, Any], arch: str, keep_spectra: bool = False) -> pd.DataFrame:
@@ -137,8 +157,12 @@ def capture_metrics(cap: Capture, batch: Mapping[str, Any], arch: str, keep_spec
     (effective rank / min(n, n_k)) and ``numerical_rank_f32_frac``."""
     frames = []
     for kind, (seg_q, seg_k) in attention_segments(arch, batch).items():
-        probs = cap.attention["self" if kind == "prefix" else kind]
+        probs = cap.attention[SOURCE_KIND.get(kind, kind)]
+        if kind in RENORMALISED:
+            probs = renormalise_rows(probs, seg_q if seg_k is None else seg_k)
         df = attention_block_metrics(probs, seg_q, seg_k, cross=kind == "cross", keep_spectra=keep_spectra)
+        if df.empty:  # e.g. texts laid out as all prefix: no target x target block
+            continue
         df.insert(0, "kind", kind)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)

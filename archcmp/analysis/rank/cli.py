@@ -213,7 +213,7 @@ def analyze_run(run: RunInfo, examples: int, tasks: TaskCache, steps: str = "all
             "head_size": run.model_cfg.head_size, "d_model": run.model_cfg.d_model, "label": run.label,
             "heads_tag": run.heads_tag}
     finish_frames(attn, coll, meta)
-    info = {**meta, "steps": wanted, "saved_steps": saved, "examples": n_ex, "fingerprint": fp,
+    info = {**meta, "seed": run.seed, "run_dir": str(run.run_dir), "steps": wanted, "saved_steps": saved, "examples": n_ex, "fingerprint": fp,
             "matrices": len(attn), "metric_seconds": timing["metric_seconds"],
             "restore_seconds": timing["restore_seconds"],
             "seconds": time.perf_counter() - t0, "eval_loss": run.summary.get("eval_loss"),
@@ -248,7 +248,7 @@ def analyze_pretrained(directory: Path, texts: list[str], norm: str = "l1inf") -
             "d_model": cfg.d_model, "label": f"{name} ({loaded.info['model_type']}, {cfg.arch}) {heads_tag}",
             "heads_tag": heads_tag}
     finish_frames(attn, coll, meta)
-    info = {**meta, "steps": timing["steps"], "saved_steps": [PRETRAINED_STEP], "examples": len(texts),
+    info = {**meta, "seed": 0, "run_dir": None, "steps": timing["steps"], "saved_steps": [PRETRAINED_STEP], "examples": len(texts),
             "fingerprint": texts_fingerprint(texts), "matrices": len(attn),
             "metric_seconds": timing["metric_seconds"], "restore_seconds": loaded.info["load_seconds"],
             "seconds": time.perf_counter() - t0, "eval_loss": None, "params": count_params(cfg).total,
@@ -345,6 +345,33 @@ def make_figures(attn: pd.DataFrame, coll: pd.DataFrame, infos: list[dict], out:
     return figs
 
 
+def write_quality(attn: pd.DataFrame, infos: list[dict], out: Path) -> tuple[dict[str, Path], dict[str, pd.DataFrame]]:
+    """``checkpoints.csv`` (effective rank relative to the uniform causal matrix per run, kind and
+    step, with that step's eval loss when the run evaluated there), ``prefix_contrast.csv``,
+    ``rank_quality.csv`` (Spearman per run and kind) and the figure ``rank_vs_eval_loss.png``.
+    -> (figures, the frames by file stem)."""
+    from archcmp.analysis.rank import quality as q
+    from archcmp.analysis.rank.plots import plot_rank_vs_loss, pyplot
+
+    runs = pd.DataFrame(infos)
+    seeds = runs.set_index("run")["seed"] if "seed" in runs else pd.Series(0, index=runs["run"])
+    means = q.checkpoint_means(attn.assign(seed=attn["run"].map(seeds)))
+    evals = [q.read_evals(i["run_dir"]).assign(run=i["run"]) for i in infos if i.get("run_dir")]
+    evals = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame(columns=["run", "step", "eval_loss"])
+    joined = q.join_evals(means, evals)
+    frames = {"checkpoints": means.merge(evals, on=["run", "step"], how="left"),
+              "prefix_contrast": q.prefix_contrast(means), "rank_quality": q.rank_quality(joined)}
+    for stem, frame in frames.items():
+        frame.to_csv(out / f"{stem}.csv", index=False, float_format="%.6g")
+    if joined.empty:
+        return {}, frames
+    modal = runs.groupby("size")["n_heads"].agg(lambda s: s.mode().iloc[0])
+    joined = joined[joined["n_heads"] == joined["size"].map(modal)]
+    p = out / "rank_vs_eval_loss.png"
+    pyplot().close(plot_rank_vs_loss(joined, q.REL, path=p))
+    return {p.stem: p}, frames
+
+
 def log_wandb(args, figs: dict[str, Path], out: Path, infos: list[dict], timing: dict) -> None:
     log_outputs(args, "rank", out, {**figs, "table_md": out / "table.md"},
                 summary={"matrices": timing["matrices"],
@@ -411,9 +438,11 @@ def _run(args) -> int:
     coll.to_csv(out / "collapse.csv", index=False, float_format="%.6g")
     pd.DataFrame(infos).to_csv(out / "runs.csv", index=False)
     figs = make_figures(attn, coll, infos, out)
+    quality_figs, frames = write_quality(attn, infos, out)
+    figs.update(quality_figs)
     timing = {"matrices": len(attn), "metric_seconds": sum(i["metric_seconds"] for i in infos),
               "seconds": time.perf_counter() - t0, "norm": args.norm}
-    write_table(out / "table.md", attn, coll, infos, timing, list(args.paths) + list(args.pretrained))
+    write_table(out / "table.md", attn, coll, infos, timing, list(args.paths) + list(args.pretrained), frames)
     timing["seconds"] = time.perf_counter() - t0  # including figures and table
     if args.wandb:
         log_wandb(args, figs, out, infos, timing)

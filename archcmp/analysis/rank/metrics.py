@@ -104,6 +104,18 @@ def effective_rank(A) -> np.ndarray:
     return _erank_from_sv(singular_values(A))
 
 
+_UNIFORM_CAUSAL: dict[int, float] = {}
+
+
+def uniform_causal_erank(n: int) -> float:
+    """Effective rank of the n x n uniform causal attention matrix (row i = 1/i on its first i
+    entries): the reference that makes effective ranks of different n comparable."""
+    if n not in _UNIFORM_CAUSAL:
+        A = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]
+        _UNIFORM_CAUSAL[n] = float(effective_rank(A))
+    return _UNIFORM_CAUSAL[n]
+
+
 def _srank_from_sv(sv: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.sum(sv**2, axis=-1) / sv[..., 0] ** 2

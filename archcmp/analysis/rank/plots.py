@@ -216,3 +216,27 @@ def causal_softmax_demo_table(seeds=range(4), constructions=("scaled", "unscaled
     """:func:`causal_softmax_demo` over a grid of seeds / constructions / dtypes / masks."""
     return pd.DataFrame([causal_softmax_demo(n, d, s, c, t, m) for m in causal for c in constructions
                          for t in dtypes for s in seeds])
+
+
+def plot_rank_vs_loss(joined: pd.DataFrame, rel: str = "effective_rank_rel_causal", path=None):
+    """One panel per size: ``rel`` against eval loss at every checkpoint, a line per run (seed)
+    joined in step order, a colour per arch/kind; the last checkpoint is drawn larger.
+    ``joined`` has columns size, arch, kind, run, step, eval_loss and ``rel``."""
+    plt = pyplot()
+    sizes = list(dict.fromkeys(joined["size"]))
+    labels = list(dict.fromkeys(joined["arch"] + np.where(joined["kind"] == "self", "", "/" + joined["kind"])))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.2), squeeze=False, sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        g = joined[joined["size"] == size]
+        for run_kind, r in g.sort_values("step").groupby(["run", "kind"], sort=False):
+            lab = r["arch"].iloc[0] + ("" if run_kind[1] == "self" else "/" + run_kind[1])
+            c = f"C{labels.index(lab) % 10}"
+            ax.plot(r["eval_loss"], r[rel], marker="o", ms=3, lw=1, color=c, alpha=0.8)
+            ax.plot(r["eval_loss"].iloc[-1:], r[rel].iloc[-1:], marker="o", ms=7, color=c)
+        ax.set_title(f"{size}: one line per seed, larger dot = last checkpoint", fontsize=9)
+        ax.set_xlabel("eval loss (nats / target token)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("effective rank / uniform causal of same n")
+    handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o", label=lab) for i, lab in enumerate(labels)]
+    axes[0][-1].legend(handles=handles, fontsize=7)
+    return _finish(fig, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RANK_KINDS = ("self", "prefix", "enc_self", "dec_self", "cross")
+RANK_KINDS = ("self", "prefix", "causal", "enc_self", "dec_self", "cross")
 TABLE_METRICS = [  # (column, header, aggregation)
     ("n", "n", "mean"),
     ("numerical_rank_f32", "num. rank f32", "mean"),
@@ -107,7 +107,109 @@ def demo_table() -> str:
             "numpy slogdet sign is not +1.\n\n" + "\n".join(lines))
 
 
-def write_table(path: Path, attn, coll, infos, timing: dict, paths) -> str:
+# ----------------------------------------------------------------------------- over seeds
+def _ci(mean: float, lo: float, hi: float, n: int, fmt: str = ".3f") -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    if n < 2 or not np.isfinite(lo):
+        return f"{mean:{fmt}} ({n} seed)"
+    return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def _final(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["step"] == frame.groupby("run")["step"].transform("max")]
+
+
+def _seed_values(g: pd.DataFrame, col: str, fmt: str = ".3f") -> str:
+    return ", ".join(f"s{int(s)}: {v:{fmt}}" for s, v in zip(g["seed"], g[col]) if np.isfinite(v))
+
+
+def rel_causal_table(checkpoints: pd.DataFrame) -> str:
+    """Effective rank / uniform causal of the same n at init and at the final checkpoint, per
+    size, arch, heads and kind: mean [95% t-interval over seeds]."""
+    from archcmp.analysis.rank.quality import REL, over_seeds
+
+    by = ["size", "arch", "heads_tag", "kind"]
+    init = over_seeds(checkpoints[checkpoints["step"] == 0], REL, by).set_index(by)
+    final = _final(checkpoints)
+    fin = over_seeds(final, REL, by)
+    order = {k: i for i, k in enumerate(RANK_KINDS)}
+    fin = fin.assign(o=fin["kind"].map(order)).sort_values(["size", "arch", "heads_tag", "o"])
+    lines = ["| size | arch | heads×dh | attention | mean n | seeds | init | final checkpoint | per seed (final) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in fin.iterrows():
+        key = tuple(r[by])
+        g = final[(final[by] == pd.Series(key, index=by)).all(axis=1)].sort_values("seed")
+        i = init.loc[key] if key in init.index else None
+        init_cell = "n/a" if i is None else _ci(i["mean"], i["lo"], i["hi"], int(i["n_seeds"]))
+        lines.append(f"| {r['size']} | {r['arch']} | {r['heads_tag']} | {r['kind']} | {g['n'].mean():.1f} | "
+                     f"{int(r['n_seeds'])} | {init_cell} | {_ci(r['mean'], r['lo'], r['hi'], int(r['n_seeds']))} | "
+                     f"{_seed_values(g, REL)} |")
+    return "\n".join(lines)
+
+
+def contrast_table(contrast: pd.DataFrame) -> str:
+    """Prefix-LM: prefix block, causal block and their difference at init and at the final
+    checkpoint, per size: mean [95% t-interval over seeds]."""
+    from archcmp.analysis.rank.quality import over_seeds
+
+    if contrast.empty:
+        return "(no prefix_lm run)"
+    lines = ["| size | heads×dh | when | seeds | prefix block | causal block | causal − prefix | causal − prefix per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (size, heads), g in contrast.groupby(["size", "heads_tag"], sort=True):
+        for when, sel in (("init", g[g["step"] == 0]), ("final", _final(g))):
+            cells = [over_seeds(sel.assign(k=0), c, ["k"]).iloc[0] for c in ("prefix", "causal", "causal_minus_prefix")]
+            lines.append(f"| {size} | {heads} | {when} | {sel['seed'].nunique()} | "
+                         + " | ".join(_ci(c["mean"], c["lo"], c["hi"], int(c["n_seeds"])) for c in cells)
+                         + f" | {_seed_values(sel.sort_values('seed'), 'causal_minus_prefix')} |")
+    return "\n".join(lines)
+
+
+def quality_table(quality: pd.DataFrame) -> str:
+    """Spearman (effective rank / uniform causal vs eval loss over checkpoints) per size, arch,
+    heads and kind: per seed and mean [95% t-interval over seeds]."""
+    from archcmp.analysis.rank.quality import over_seeds
+
+    if quality.empty:
+        return "(no run evaluated at its checkpoint steps)"
+    by = ["size", "arch", "heads_tag", "kind"]
+    s = over_seeds(quality, "spearman_rel_vs_eval_loss", by)
+    lines = ["| size | arch | heads×dh | attention | checkpoints | seeds | Spearman ρ per seed | mean ρ [95% t over seeds] | "
+             "rel. rank first → last ckpt (mean) | eval loss first → last (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in s.iterrows():
+        g = quality[(quality[by] == r[by]).all(axis=1)].sort_values("seed")
+        lines.append(f"| {r['size']} | {r['arch']} | {r['heads_tag']} | {r['kind']} | {int(g['checkpoints'].median())} | "
+                     f"{int(r['n_seeds'])} | {_seed_values(g, 'spearman_rel_vs_eval_loss', '.2f')} | "
+                     f"{_ci(r['mean'], r['lo'], r['hi'], int(r['n_seeds']), '.2f')} | "
+                     f"{g['rel_first'].mean():.3f} → {g['rel_last'].mean():.3f} | "
+                     f"{g['eval_loss_first'].mean():.3f} → {g['eval_loss_last'].mean():.3f} |")
+    return "\n".join(lines)
+
+
+def quality_sections(frames: dict[str, pd.DataFrame] | None) -> list[str]:
+    if not frames:
+        return []
+    return ["## Effective rank relative to the uniform causal matrix of the same n", "",
+            "Effective rank divided by that of the n × n uniform causal matrix (row i = 1/i on its first i "
+            "entries), so that the number does not move with n alone; mean over layers, heads and examples per "
+            "run, then mean [95% t-interval] over seeds.", "",
+            rel_causal_table(frames["checkpoints"]), "",
+            "## Prefix-LM: causal block vs prefix block of the same matrices", "",
+            "`prefix` = prefix × prefix (bidirectional, rows sum to 1); `causal` = target × target (causal), each "
+            "row renormalised over the target keys. Both relative to the uniform causal matrix of their own n. "
+            "Paired within each run (same model, same examples, only the mask differs).", "",
+            contrast_table(frames["prefix_contrast"]), "",
+            "## Rank vs eval loss across checkpoints", "",
+            "Per run: Spearman ρ between the relative effective rank and the eval loss at the checkpoints where "
+            "both were measured (figure `rank_vs_eval_loss.png`). ρ > 0: lower rank goes with lower loss. Both "
+            "quantities trend with training step, so ρ measures co-movement over training, not a causal link; "
+            "t-intervals over seeds of ρ can pass ±1.", "",
+            quality_table(frames["rank_quality"]), ""]
+
+
+def write_table(path: Path, attn, coll, infos, timing: dict, paths,
+                frames: dict[str, pd.DataFrame] | None = None) -> str:
     runs = pd.DataFrame(infos)
     fps = runs.groupby("fingerprint")["run"].apply(list)
     lines = ["# Attention-rank probe", "",
@@ -118,7 +220,8 @@ def write_table(path: Path, attn, coll, infos, timing: dict, paths) -> str:
              "log10 cond = inf for an exactly zero σ_min (counted, not dropped; values above ~15.6 are "
              "not resolved by a float64 SVD); `abs logdet gen-exact` = |slogdet (LU) − Σ log diag| "
              "on lower-triangular (causal) blocks only. Step 0 = initialisation. "
-             "`prefix` = the prefix × prefix sub-block of the prefix-LM's self-attention.", "",
+             "`prefix` = the prefix × prefix sub-block of the prefix-LM's self-attention; `causal` = its target × "
+             "target sub-block, rows renormalised over the target keys.", "",
              "## Runs", "",
              "| run | arch | size | heads×dh | params | eval loss (final) | steps analysed | examples |",
              "|---|---|---|---|---|---|---|---|"]
@@ -130,6 +233,7 @@ def write_table(path: Path, attn, coll, infos, timing: dict, paths) -> str:
               + (" (identical examples for every run)" if len(fps) == 1 else f": {dict(fps)}"), "",
               "## Init → trained (final checkpoint), mean over layers, heads and examples", "",
               init_vs_trained_table(attn, infos), "",
+              *quality_sections(frames),
               "## Effective rank / n through training", "", per_step_table(attn, "effective_rank_frac"), "",
               "## Median log10 condition number through training", "", per_step_table(attn, "log10_cond", "median"), "",
               "## Fraction numerically full rank (f32 tolerance) through training", "",

@@ -27,7 +27,7 @@ import pandas as pd
 from archcmp.analysis.emergence import metrics as em
 from archcmp.analysis.scaling import cli as scaling
 from archcmp.analysis.scaling import fit as sf
-from archcmp.analysis.rank.metrics import effective_rank
+from archcmp.analysis.rank.metrics import uniform_causal_erank
 from archcmp.claims.evidence import FIT_COLUMNS, PREDICTION_COLUMNS, SEED_COLUMNS, mean_interval
 
 FLOAT = "%.6g"
@@ -151,18 +151,6 @@ def export_scaling(folder: Path, *, ladder: bool) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- rank
-_UNIFORM_CAUSAL: dict[int, float] = {}
-
-
-def uniform_causal_erank(n: int) -> float:
-    """Effective rank of the n x n uniform causal attention matrix (row i = 1/i on its first i
-    entries): the reference that makes effective ranks of different n comparable."""
-    if n not in _UNIFORM_CAUSAL:
-        A = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]
-        _UNIFORM_CAUSAL[n] = float(effective_rank(A))
-    return _UNIFORM_CAUSAL[n]
-
-
 def rank_seed_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Final-checkpoint effective rank per (size, arch/kind, seed) for default-head runs (square
     matrices only), and eval loss per (size/arch, h<heads>, seed) for every run."""
