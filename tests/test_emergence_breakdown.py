@@ -105,3 +105,40 @@ def test_judge_is_undecided_with_two_sizes():
     long = _long(ladder, params=(1e3, 1e4))
     v = judge(long, bd.seed_smoothness(long, list(ladder), n_boot=50))
     assert v["met"] is None
+
+
+def test_seed_smoothness_keeps_infinite_breakthroughness():
+    """Exact match 0 at four of five sizes: the median squared increment is 0, so B = +inf on the mean
+    curve and on every resample; the interval must say so rather than drop those resamples."""
+    em_ = np.array([0, 0, 0, 0, 0.95])[:, None] * np.ones((1, 3))
+    p = np.linspace(0.3, 0.99, 5)[:, None] * np.ones((1, 3))
+    long = _long({"exact_match": em_, "token_accuracy": p})
+    ss = bd.seed_smoothness(long, ["exact_match", "token_accuracy"], n_boot=50).set_index("metric")
+    assert ss.loc["exact_match", "B"] == np.inf and ss.loc["exact_match", "B_lo"] == np.inf
+    assert ss.loc["token_accuracy", "gap_lo"] == np.inf
+
+
+def test_probe_set_attaches_features_of_the_addition_prompts():
+    from types import SimpleNamespace
+
+    from archcmp.analysis.emergence.evaluate import probe_set
+    from archcmp.analysis.rank.cli import TaskCache
+
+    run = SimpleNamespace(config={"task": {"name": "addition", "params": {"digits": 3, "reverse": True},
+                                           "seq_len": 16}}, summary={"task": "addition"}, run_dir="r")
+    probes = probe_set(run, "test", 40, TaskCache())
+    assert len(probes.examples) == 40 and (probes.features["operand_digits"] == 3).all()
+    for ex, c in zip(probes.examples, probes.features["carries"]):
+        a, b = (int(s) for s in probes_text(ex).rstrip("=").split("+"))
+        # reversed answer: digits of a+b least significant first, then EOS; carries by long hand
+        assert "".join(str(int(t) - 21) for t in ex.targets[:-1]) == str(a + b)[::-1]
+        want = sum(1 for k in range(4) if (a // 10 ** k % 10 + b // 10 ** k % 10
+                                           + (1 if (a % 10 ** k + b % 10 ** k) >= 10 ** k else 0)) >= 10)
+        assert c == want
+
+
+def probes_text(ex) -> str:
+    """Digits are ids 21..30 and '+', '=' follow them (ArithmeticTokenizer)."""
+    from archcmp.data.tokenizers import ArithmeticTokenizer
+
+    return ArithmeticTokenizer().decode(ex.inputs)

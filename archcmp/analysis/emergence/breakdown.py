@@ -70,6 +70,13 @@ def by_group(examples: pd.DataFrame, group: str, metrics: Sequence[str]) -> pd.D
     return out.reset_index()
 
 
+def _quantile(a: np.ndarray, q: float) -> float:
+    """Quantile of the non-NaN values of ``a`` (NaN when there is none, e.g. a single size). B is
+    +-inf for a curve flat over most of its steps; no interpolation, so an infinite end stays infinite."""
+    a = a[~np.isnan(a)]
+    return float(np.quantile(a, q, method="inverted_cdf")) if a.size else np.nan
+
+
 def _curve_stats(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     return breakthroughness(y, x), linearity(y, x, "r2")
 
@@ -109,12 +116,12 @@ def seed_smoothness(long_df: pd.DataFrame, metrics: Sequence[str], sharp: str = 
             b, r2 = _curve_stats(v.mean(axis=1), x)
             per_seed = [breakthroughness(v[:, k], x) for k in range(n_seeds)]
             row = {"arch": arch, "metric": m, "n_scales": len(sizes), "n_seeds": n_seeds, "B": b,
-                   "B_lo": np.nanquantile(boot[m][:, 0], q[0]), "B_hi": np.nanquantile(boot[m][:, 0], q[1]),
+                   "B_lo": _quantile(boot[m][:, 0], q[0]), "B_hi": _quantile(boot[m][:, 0], q[1]),
                    "B_seeds": ";".join(f"{s:.3g}" for s in per_seed), "abs_B": abs(b), "R2": r2,
-                   "R2_lo": np.nanquantile(boot[m][:, 1], q[0]), "R2_hi": np.nanquantile(boot[m][:, 1], q[1])}
+                   "R2_lo": _quantile(boot[m][:, 1], q[0]), "R2_hi": _quantile(boot[m][:, 1], q[1])}
             if m != sharp and sharp in values:
                 gap = np.abs(boot[sharp][:, 0]) - np.abs(boot[m][:, 0])
                 row.update(gap=abs(_curve_stats(values[sharp].mean(axis=1), x)[0]) - abs(b),
-                           gap_lo=np.nanquantile(gap, q[0]), gap_hi=np.nanquantile(gap, q[1]))
+                           gap_lo=_quantile(gap, q[0]), gap_hi=_quantile(gap, q[1]))
             rows.append(row)
     return pd.DataFrame(rows)
