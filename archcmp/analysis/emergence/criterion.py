@@ -31,8 +31,13 @@ def _r(v, nd=4):
 
 
 def judge(long_df: pd.DataFrame, seed_smooth: pd.DataFrame, smallest_max: float = 0.10,
-          largest_min: float = 0.90) -> dict:
-    """``criterion.json`` content from the long metric frame and ``breakdown.seed_smoothness``."""
+          largest_min: float = 0.90, incomplete: list[str] | tuple = ()) -> dict:
+    """``criterion.json`` content from the long metric frame and ``breakdown.seed_smoothness``.
+
+    ``incomplete``: names of runs whose training has not finished; with any, ``met`` is None and
+    ``status`` says which (the numbers are still reported). An undecidable verdict (fewer than three
+    sizes) also carries a ``status``, as the claims registry expects of ``met = null``.
+    """
     final = last_step(long_df[long_df["metric"] == "exact_match"], ("arch", "params", "seed"))
     per_arch, verdicts, n_seeds = {}, [], []
     for arch, g in final.groupby("arch", sort=True):
@@ -56,6 +61,11 @@ def judge(long_df: pd.DataFrame, seed_smooth: pd.DataFrame, smallest_max: float 
         per_arch[arch] = {"met": verdict, "prerequisite_met": prereq, "exact_match_sharper": sharper if decidable
                           else None, "smallest_exact_match": small, "largest_exact_match": large,
                           "sizes": table, "smoothness": smooth, "breakthroughness_gap_exact_minus_metric": gaps}
-    met = None if any(v is None for v in verdicts) else all(verdicts)
-    return {"criterion": criterion_text(smallest_max, largest_min), "met": met,
-            "n_seeds": min(n_seeds) if n_seeds else 0, "per_arch": per_arch}
+    met = None if any(v is None for v in verdicts) or incomplete else all(verdicts)
+    out = {"criterion": criterion_text(smallest_max, largest_min), "met": met,
+           "n_seeds": min(n_seeds) if n_seeds else 0}
+    if incomplete:
+        out["status"] = f"partial: {len(incomplete)} run(s) still training ({', '.join(sorted(incomplete))})"
+    elif met is None:
+        out["status"] = "undecided: fewer than three sizes per architecture"
+    return {**out, "per_arch": per_arch}

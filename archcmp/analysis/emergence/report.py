@@ -103,10 +103,10 @@ def seed_smoothness_md(ss: pd.DataFrame) -> str:
     for c in ("B", "R2"):
         d[c] = [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(d[c], d[c + "_lo"], d[c + "_hi"])]
     if "gap" in d.columns:
-        d["|B(exact)| - |B(metric)|"] = ["" if not np.isfinite(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+        d["gap ‖B(exact)‖ − ‖B(metric)‖"] = ["" if pd.isna(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
                                          for v, lo, hi in zip(d["gap"], d["gap_lo"], d["gap_hi"])]
     cols = ["arch", "metric", "n_scales", "n_seeds", "B", "B_seeds", "R2"]
-    cols += ["|B(exact)| - |B(metric)|"] if "gap" in d.columns else []
+    cols += ["gap ‖B(exact)‖ − ‖B(metric)‖"] if "gap" in d.columns else []
     return ep.markdown_table(d[cols], index=False)
 
 
@@ -178,6 +178,8 @@ def write_outputs(res: dict, out: Path, args, argv) -> dict[str, Path]:
             "sharp_vs_smooth": plot_sharp_vs_smooth(long_df, out / "sharp_vs_smooth.png")}
     for col, t in res["groups"].items():
         figs[f"by_{col}"] = plot_by_group(t, col, out / f"by_{col}.png")
+    if res["seed_smooth"]["B"].notna().any():
+        figs["breakthroughness"] = plot_breakthroughness(res["seed_smooth"], out / "breakthroughness.png")
     if long_df.groupby(["run"])["step"].nunique().max() > 1:
         figs["steps"] = plot_steps(long_df, out / "steps.png")
     for k in figs:
@@ -187,7 +189,8 @@ def write_outputs(res: dict, out: Path, args, argv) -> dict[str, Path]:
 
         from archcmp.analysis.emergence.criterion import judge
 
-        verdict = judge(long_df, res["seed_smooth"], args.smallest_max, args.largest_min)
+        incomplete = [i["run"] for i in res["infos"] if i.get("status") != "complete"]
+        verdict = judge(long_df, res["seed_smooth"], args.smallest_max, args.largest_min, incomplete)
         verdict["analysis_command"] = "archcmp-analyze emergence " + " ".join(map(str, argv))
         (out / "criterion.json").write_text(json.dumps(verdict, indent=1) + "\n")
         files["criterion"] = out / "criterion.json"
@@ -254,6 +257,35 @@ def plot_by_group(t: pd.DataFrame, col: str, out: Path, metrics=GROUP_METRICS):
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"Metrics by {GROUPS.get(col, col)} (mean over seeds, band = min..max)")
     fig.savefig(out, dpi=120)
+    return fig
+
+
+def plot_breakthroughness(ss: pd.DataFrame, out: Path, metrics=PANEL_METRICS):
+    """|B| per metric (mean-over-seeds curve) with its seed-bootstrap 95% interval and the per-seed
+    values, one panel per architecture; the sharp metric on top."""
+    from matplotlib.figure import Figure
+
+    archs = ep._archs(ss["arch"])
+    fig = Figure(figsize=(4.2 * len(archs), 2.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharex=True))
+    for ax, arch in zip(axes, archs):
+        g = ss[(ss["arch"] == arch) & ss["metric"].isin(metrics)].set_index("metric")
+        finite = np.abs(g[["B", "B_lo", "B_hi"]].to_numpy(float))
+        cap = 1.5 * np.nanmax(np.where(np.isfinite(finite), finite, np.nan), initial=1.0)  # B = inf drawn here
+        names = [m for m in metrics if m in g.index][::-1]
+        for y, m in enumerate(names):
+            r = g.loc[m]
+            lo, hi = sorted(min(abs(r[c]), cap) for c in ("B_lo", "B_hi"))
+            color = "C3" if m in SHARP else "C0"
+            ax.plot([lo, hi], [y, y], color=color, lw=3, alpha=0.5)
+            ax.plot(min(abs(r["B"]), cap), y, "o", color=color)
+            seeds = [min(abs(float(v)), cap) for v in str(r["B_seeds"]).split(";") if v not in ("", "nan")]
+            ax.plot(seeds, [y] * len(seeds), "x", color="k", ms=4)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("|breakthroughness|\n(dot: mean curve, bar: 95% over seeds, x: per seed)", fontsize=7)
+        ax.set_title(arch, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.savefig(out, dpi=130)
     return fig
 
 
