@@ -150,3 +150,37 @@ def probes_text(ex) -> str:
     from archcmp.data.tokenizers import ArithmeticTokenizer
 
     return ArithmeticTokenizer().decode(ex.inputs)
+
+
+def test_group_figure_draws_one_line_per_group_value(tmp_path):
+    from figures import assert_saved, data_lines, visible_axes
+
+    from archcmp.analysis.emergence.report import plot_by_group
+
+    t = bd.by_group(_examples(), "target_len", ["exact_match", "token_accuracy"])
+    fig = plot_by_group(t, "target_len", tmp_path / "g.png", metrics=("exact_match", "token_accuracy"))
+    panels = visible_axes(fig)
+    assert [ax.get_title() for ax in panels] == ["decoder: exact_match", "decoder: token_accuracy"]
+    lines = {ln.get_label(): ln for ln in data_lines(panels[0])}
+    assert set(lines) == {"target_len=4", "target_len=5"}
+    np.testing.assert_array_equal(lines["target_len=4"].get_xdata(), [100, 1000])
+    np.testing.assert_array_equal(lines["target_len=4"].get_ydata(), [0.5, 1.0])
+    np.testing.assert_array_equal(lines["target_len=5"].get_ydata(), [0.0, 1.0])
+    assert_saved(fig, tmp_path / "g.png", dpi=120)
+
+
+def test_breakthroughness_figure_puts_each_metric_at_its_value(tmp_path):
+    from figures import assert_saved, visible_axes
+
+    from archcmp.analysis.emergence.report import plot_breakthroughness
+
+    long = _long(_ladder(jitter=0.005))
+    ss = bd.seed_smoothness(long, ["exact_match", "token_accuracy", "edit_distance", "target_loglik"], n_boot=100)
+    fig = plot_breakthroughness(ss, tmp_path / "b.png")
+    (ax,) = visible_axes(fig)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["target_loglik", "edit_distance", "token_accuracy", "exact_match"]  # sharp metric on top
+    dots = {int(ln.get_ydata()[0]): float(ln.get_xdata()[0]) for ln in ax.get_lines() if ln.get_marker() == "o"}
+    b = ss.set_index("metric")["B"]
+    assert dots[3] == pytest.approx(abs(b["exact_match"])) and dots[1] == pytest.approx(abs(b["edit_distance"]))
+    assert_saved(fig, tmp_path / "b.png", dpi=130)
