@@ -84,7 +84,7 @@ def test_emergence_cli_end_to_end(sweep, tmp_path):
     # validation split, 64 examples: the very examples the trainer scored, so greedy exact match
     # of the probe must equal the trainer's teacher-forced eval_exact_match.
     assert analyze(["emergence", str(root), "--out", str(out), "--split", "validation", "--examples", "64",
-                    "--steps", "all", "--bootstrap", "200"]) == 0
+                    "--steps", "all", "--bootstrap", "200", "--criterion"]) == 0
     for name in ("table.md", "metrics.csv", "smoothness.csv", "pl_check.csv", "examples.csv.gz"):
         assert (out / name).stat().st_size > 0, name
     for name in ("scaling.png", "pl_check.png", "sharp_vs_smooth.png", "steps.png"):
@@ -114,6 +114,12 @@ def test_emergence_cli_end_to_end(sweep, tmp_path):
     m = pd.read_csv(out / "metrics.csv")
     em_rows = m[m["metric"] == "exact_match"]
     assert ((em_rows["lo"] <= em_rows["mean"]) & (em_rows["mean"] <= em_rows["hi"])).all()
+    # one size per architecture: no breakthroughness, so the criterion is undecided (not met/not failed)
+    verdict = json.loads((out / "criterion.json").read_text())
+    assert verdict["met"] is None and verdict["status"].startswith("undecided") and verdict["n_seeds"] == 1 and set(verdict["per_arch"]) == {"decoder", "encoder"}
+    ss = pd.read_csv(out / "seed_smoothness.csv")
+    assert set(ss["arch"]) == {"decoder", "encoder"} and (ss["n_scales"] == 1).all() and ss["B"].isna().all()
+    assert "operand_digits" not in ex.columns  # modular prompts carry no column-arithmetic features
     table = (out / "table.md").read_text()
     assert "Breakthroughness" in table and "p^L check" in table and "one data fingerprint" in table
 

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode up to (longest answer + this) tokens, so over-long answers are visible")
     d.add_argument("--decode-seed", type=int, default=0, help="PRNG seed for --strategy sample")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    c = p.add_argument_group("success criterion (issue 17; archcmp.analysis.emergence.criterion)")
+    c.add_argument("--criterion", action="store_true", help="also judge the criterion and write criterion.json")
+    c.add_argument("--smallest-max", type=float, default=0.10, help="mean exact match allowed at the smallest size")
+    c.add_argument("--largest-min", type=float, default=0.90, help="mean exact match needed at the largest size")
     add_options(p)
     return p
 

@@ -43,6 +43,7 @@ class ProbeSet:
     examples: list
     fingerprint: str
     seq_len: int
+    features: pd.DataFrame | None = None  # per example: operand_digits, carries (breakdown.arithmetic_features)
 
     @property
     def targets(self) -> list[np.ndarray]:
@@ -63,7 +64,12 @@ def probe_set(run, split: str, n: int, tasks) -> ProbeSet:
     exs = eval_examples(task, split, T, n, seed=0)
     if not exs:
         raise ValueError(f"{run.run_dir}: no {split} example fits task.seq_len={T}")
-    return ProbeSet(exs, fingerprint(exs), T)
+    from archcmp.analysis.emergence.breakdown import arithmetic_features
+
+    feats = None  # prompt features only where they mean something: column arithmetic "a<op>b="
+    if getattr(task, "name", None) in ("addition", "multiplication"):
+        feats = arithmetic_features([task.tokenizer.decode(ex.inputs) for ex in exs])
+    return ProbeSet(exs, fingerprint(exs), T, feats)
 
 
 def teacher_forced(model, probes: ProbeSet, chunk: int = 256) -> dict[str, np.ndarray]:
@@ -130,6 +136,9 @@ def score(pred: np.ndarray, probes: ProbeSet, tf: dict[str, np.ndarray]) -> tupl
     n = mask.sum(1)
     df["tf_token_accuracy"] = tf_correct.sum(1) / np.maximum(n, 1)
     df["tf_exact_match"] = (tf_correct.sum(1) == n).astype(float)
+    if probes.features is not None:
+        for col in probes.features.columns:
+            df[col] = probes.features[col].to_numpy()
     df.insert(0, "example", np.arange(len(df)))
     return df, {"correct": correct, "mask": mask, "exact": df["exact_match"].to_numpy()}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from archcmp.analysis.emergence import breakdown as bd
 from archcmp.analysis.emergence import plots as ep
 from archcmp.analysis.emergence.evaluate import EXTRA, METRICS, SHARP, SMOOTH
 from archcmp.analysis.emergence.metrics import last_step, pl_summary
@@ -70,6 +71,45 @@ def by_length_md(examples: pd.DataFrame) -> str:
     return ep.markdown_table(g, index=False, floatfmt=".3f")
 
 
+GROUP_METRICS = ("exact_match", "token_accuracy", "edit_distance", "target_loglik")
+GROUPS = {"target_len": "answer length (tokens incl. EOS)", "operand_digits": "digits of the longer operand",
+          "carries": "carries in the column addition"}
+
+
+def group_tables(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``breakdown.by_group`` for every group column present (a column that is constant is skipped)."""
+    out = {}
+    for col in GROUPS:
+        if col in examples.columns and examples[col].nunique() > 1:
+            out[col] = bd.by_group(examples, col, [m for m in GROUP_METRICS if m in examples.columns])
+    return out
+
+
+def group_md(t: pd.DataFrame, col: str) -> str:
+    """Markdown: one row per (arch, size, group value), mean over seeds [min, max]."""
+    rows = []
+    for _, r in t.sort_values(["arch", "params", col]).iterrows():
+        row = {"arch": r["arch"], "size": r["size"], "params": f"{int(r['params']):,}", col: int(r[col]),
+               "n/seed": int(r["n"])}
+        for m in GROUP_METRICS:
+            if m in t.columns:
+                row[m] = f"{r[m]:.3f} [{r[m + '_min']:.3f}, {r[m + '_max']:.3f}]"
+        rows.append(row)
+    return ep.markdown_table(pd.DataFrame(rows), index=False)
+
+
+def seed_smoothness_md(ss: pd.DataFrame) -> str:
+    d = ss.copy()
+    for c in ("B", "R2"):
+        d[c] = [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(d[c], d[c + "_lo"], d[c + "_hi"])]
+    if "gap" in d.columns:
+        d["gap ‖B(exact)‖ − ‖B(metric)‖"] = ["" if pd.isna(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+                                         for v, lo, hi in zip(d["gap"], d["gap_lo"], d["gap_hi"])]
+    cols = ["arch", "metric", "n_scales", "n_seeds", "B", "B_seeds", "R2"]
+    cols += ["gap ‖B(exact)‖ − ‖B(metric)‖"] if "gap" in d.columns else []
+    return ep.markdown_table(d[cols], index=False)
+
+
 def write_table(path: Path, res: dict, args, argv) -> None:
     infos = pd.DataFrame(res["infos"])
     fps = infos["fingerprint"].nunique()
@@ -96,11 +136,20 @@ def write_table(path: Path, res: dict, args, argv) -> None:
         "(Σ Δy)²/((n−1)·Σ Δy²)-type straightness of the increments (1 = equal steps, 1/(n−1) = one jump). Both are "
         "stand-ins: BIG-bench's own linearity formula is not implemented (see the results README).", "",
         smoothness_md(res["smooth"]), "",
+        "## Smoothness with intervals over seeds", "",
+        "B and R² (vs log10 params) of the mean-over-seeds curve with 95% intervals from a bootstrap over seeds "
+        "(each size's seeds resampled independently, the same resample for every metric); `B_seeds`: B of the curve "
+        "through the k-th seed of every size; last column: the paired difference of |B| between exact match and "
+        "the metric (> 0: exact match is the sharper one).", "",
+        seed_smoothness_md(res["seed_smooth"]) if len(res.get("seed_smooth", [])) else "(no sweep across sizes)", "",
         "## p^L check: exact match predicted from per-token accuracy", "",
         "`predicted_pooled` = mean over examples of p^L (p = pooled per-token accuracy of the decoded answers, "
         "L = answer length); `predicted_positional` = mean of Π_j p_j with per-position accuracies.", "",
         pl_md(res["pl"]), "", ep.markdown_table(pl_summary(res["pl"]), index=False), "",
         "## By answer length (largest size, final step)", "", by_length_md(res["examples"]), "",
+        *[line for col, t in res.get("groups", {}).items()
+          for line in (f"## By {GROUPS[col]} (`{col}`), every size, final step", "",
+                       "Mean over seeds [min, max over seeds].", "", group_md(t, col), "")],
         f"Analysis time: {res['seconds']:.1f} s for {len(infos)} runs.", ""]
     path.write_text("\n".join(lines))
 
@@ -112,6 +161,14 @@ def write_outputs(res: dict, out: Path, args, argv) -> dict[str, Path]:
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
         files[name] = out / f"{name}.csv"
     res["examples"].to_csv(out / "examples.csv.gz", index=False, float_format="%.6g")
+    res["seed_smooth"] = bd.seed_smoothness(long_df, [m for m in METRICS if m in set(long_df["metric"])],
+                                            n_boot=args.bootstrap)
+    res["seed_smooth"].to_csv(out / "seed_smoothness.csv", index=False, float_format="%.6g")
+    files["seed_smoothness"] = out / "seed_smoothness.csv"
+    res["groups"] = group_tables(res["examples"])
+    for col, t in res["groups"].items():
+        t.to_csv(out / f"by_{col}.csv", index=False, float_format="%.6g")
+        files[f"by_{col}_csv"] = out / f"by_{col}.csv"
     pd.DataFrame(res["infos"]).to_csv(out / "runs.csv", index=False)
     files["runs"] = out / "runs.csv"
     title = f"{args.strategy} decoding, {res['infos'][0]['examples']} {args.split} examples"
@@ -119,10 +176,24 @@ def write_outputs(res: dict, out: Path, args, argv) -> dict[str, Path]:
                                               title=f"Sharp (exact match) vs smooth metrics of the same outputs: {title}"),
             "pl_check": ep.plot_pl_check(res["pl"], out=out / "pl_check.png", title="p^L check"),
             "sharp_vs_smooth": plot_sharp_vs_smooth(long_df, out / "sharp_vs_smooth.png")}
+    for col, t in res["groups"].items():
+        figs[f"by_{col}"] = plot_by_group(t, col, out / f"by_{col}.png")
+    if res["seed_smooth"]["B"].notna().any():
+        figs["breakthroughness"] = plot_breakthroughness(res["seed_smooth"], out / "breakthroughness.png")
     if long_df.groupby(["run"])["step"].nunique().max() > 1:
         figs["steps"] = plot_steps(long_df, out / "steps.png")
     for k in figs:
         files[k] = out / f"{k}.png"
+    if getattr(args, "criterion", False):
+        import json
+
+        from archcmp.analysis.emergence.criterion import judge
+
+        incomplete = [i["run"] for i in res["infos"] if i.get("status") != "complete"]
+        verdict = judge(long_df, res["seed_smooth"], args.smallest_max, args.largest_min, incomplete)
+        verdict["analysis_command"] = "archcmp-analyze emergence " + " ".join(map(str, argv))
+        (out / "criterion.json").write_text(json.dumps(verdict, indent=1) + "\n")
+        files["criterion"] = out / "criterion.json"
     write_table(out / "table.md", res, args, argv)
     files["table_md"] = out / "table.md"
     return files
@@ -152,6 +223,68 @@ def plot_sharp_vs_smooth(long_df: pd.DataFrame, out: Path):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    fig.savefig(out, dpi=130)
+    return fig
+
+
+def plot_by_group(t: pd.DataFrame, col: str, out: Path, metrics=GROUP_METRICS):
+    """One panel per metric: metric vs parameters, one line per group value (mean over seeds with
+    the min..max band), one row of panels per architecture."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    archs = ep._archs(t["arch"])
+    metrics = [m for m in metrics if m in t.columns]
+    fig = Figure(figsize=(3.4 * len(metrics), 2.9 * len(archs)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(archs), len(metrics), squeeze=False))
+    values = sorted(t[col].unique())
+    cmap = colormaps["plasma"]
+    for i, arch in enumerate(archs):
+        for j, m in enumerate(metrics):
+            ax = axes[i, j]
+            for k, v in enumerate(values):
+                g = t[(t["arch"] == arch) & (t[col] == v)].sort_values("params")
+                if g.empty:
+                    continue
+                c = cmap(k / max(len(values) - 1, 1) * 0.85)
+                x = g["params"].to_numpy(float)
+                ax.plot(x, g[m], "o-", ms=3, color=c, label=f"{col}={int(v)}")
+                ax.fill_between(x, g[m + "_min"], g[m + "_max"], color=c, alpha=0.15, lw=0)
+            ax.set_xscale("log")
+            ax.set_title(f"{arch}: {m}" + (" (lower = better)" if m in ep.LOWER_IS_BETTER else ""), fontsize=9)
+            ax.set_xlabel("params")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f"Metrics by {GROUPS.get(col, col)} (mean over seeds, band = min..max)")
+    fig.savefig(out, dpi=120)
+    return fig
+
+
+def plot_breakthroughness(ss: pd.DataFrame, out: Path, metrics=PANEL_METRICS):
+    """|B| per metric (mean-over-seeds curve) with its seed-bootstrap 95% interval and the per-seed
+    values, one panel per architecture; the sharp metric on top."""
+    from matplotlib.figure import Figure
+
+    archs = ep._archs(ss["arch"])
+    fig = Figure(figsize=(4.2 * len(archs), 2.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharex=True))
+    for ax, arch in zip(axes, archs):
+        g = ss[(ss["arch"] == arch) & ss["metric"].isin(metrics)].set_index("metric")
+        finite = np.abs(g[["B", "B_lo", "B_hi"]].to_numpy(float))
+        cap = 1.5 * np.nanmax(np.where(np.isfinite(finite), finite, np.nan), initial=1.0)  # B = inf drawn here
+        names = [m for m in metrics if m in g.index][::-1]
+        for y, m in enumerate(names):
+            r = g.loc[m]
+            lo, hi = sorted(min(abs(r[c]), cap) for c in ("B_lo", "B_hi"))
+            color = "C3" if m in SHARP else "C0"
+            ax.plot([lo, hi], [y, y], color=color, lw=3, alpha=0.5)
+            ax.plot(min(abs(r["B"]), cap), y, "o", color=color)
+            seeds = [min(abs(float(v)), cap) for v in str(r["B_seeds"]).split(";") if v not in ("", "nan")]
+            ax.plot(seeds, [y] * len(seeds), "x", color="k", ms=4)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("|breakthroughness|\n(dot: mean curve, bar: 95% over seeds, x: per seed)", fontsize=7)
+        ax.set_title(arch, fontsize=10)
+        ax.grid(alpha=0.3)
     fig.savefig(out, dpi=130)
     return fig
 
