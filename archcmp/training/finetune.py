@@ -247,7 +247,7 @@ def _member(s: Any, run_dir: Path, record: dict, task: Any, compiled: dict) -> d
     from archcmp.loading.run import load_run
     from archcmp.model.accounting import count_params
     from archcmp.model.archs import arch_spec
-    from archcmp.tracking.tracker import JsonlTracker, make_tracker, to_jsonable
+    from archcmp.tracking.tracker import JsonlTracker, run_tracker, to_jsonable
     from archcmp.training.checkpoint import Checkpointer
     from archcmp.training.optim import make_optimizer
 
@@ -311,8 +311,9 @@ def _member(s: Any, run_dir: Path, record: dict, task: Any, compiled: dict) -> d
     status, error, last_eval = "failed", {"error": None, "error_kind": None}, {}
     t0 = time.perf_counter()
     pbar = tqdm(total=ts.steps, initial=step, disable=None if ts.progress else True, unit="step", leave=False)
-    tracker = make_tracker(s.logger.get("kind", "jsonl") if s.logger.get("kind") != "wandb" else "none", run_dir,
-                           resume_step=step, record_status=False)
+    tracker = run_tracker(s.logger, run_dir, resume_step=step, name=s.run_name,
+                          group=s.logger.group or s.experiment, tags=[s.arch, s.task.name, "finetune"],
+                          config=to_jsonable(summary), renew_id=step == 0 and not ts.resume)
     try:
         with tracker:
             while step < ts.steps:
