@@ -287,7 +287,8 @@ def test_committed_rank_and_emergence_seed_tables_regenerate(tmp_path):
         assert got == (REPO / "experiments" / "results" / folder / "seeds.csv").read_text(), name
     rank = (tmp_path / "rank" / "seeds.csv").read_text()
     assert "nano,decoder/self,0,effective_rank_rel_causal," in rank
-    assert "micro/decoder,h16,0,eval_loss,2.35608" in rank  # rank/runs.csv: 2.3560841789578144
+    assert "micro/decoder,h1,0,eval_loss,2.23793" in rank  # rank/runs.csv: 2.2379316090052925
+    assert "nano,prefix_lm/prefix,2,effective_rank_rel_causal," in rank  # three seeds
 
 
 def test_fit_table_fits_each_seed_when_there_are_three():
