@@ -22,6 +22,9 @@ VARIANTS = {
     "blocked128": {"attention_impl": "blocked", "_block": 128},
     "blocked_dots": {"attention_impl": "blocked", "remat": "dots"},
     "xla_dots": {"attention_impl": "xla", "remat": "dots"},
+    "noscan": {"scan_layers": False},
+    "explicit_noscan": {"attention_impl": "explicit", "scan_layers": False},
+    "noscan_dots": {"scan_layers": False, "remat": "dots"},
 }
 
 
