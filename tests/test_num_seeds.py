@@ -15,7 +15,8 @@ from archcmp.analysis.common.runs import load_runs
 from archcmp.training.checkpoint import Checkpointer
 from archcmp.training.settings import ConfigError
 from archcmp.tracking.tracker import read_jsonl
-from archcmp.training.loop import _record_failure, train
+from archcmp.training.records import record_failure as _record_failure
+from archcmp.training.trainer import train
 from hydra_cfg import compose_cfg
 from train_procs import kill_at_checkpoint, train_cli
 
