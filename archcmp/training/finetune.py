@@ -13,7 +13,7 @@ architecture, size and weights, exactly), attaches a head and trains on a classi
 * ``finetune.train_backbone=false``: only the classifier head learns (a linear probe).
 
 Run records are those of a training run: the directory is locked and its identity checked by
-:func:`archcmp.training.loop.train` (the identity holds the fine-tune settings and the source's
+:func:`archcmp.training.trainer.train` (the identity holds the fine-tune settings and the source's
 identity hash and step, so a run is never reused for another source), ``metrics.jsonl``,
 ``summary.json`` and ``checkpoints/`` (the parameters ``{"backbone", "head"}`` with the optimizer
 state and the data position), resume from the last checkpoint, skip when complete.
@@ -40,7 +40,7 @@ from archcmp.model.config import ConfigError
 def source_dir(source: str, seed: int) -> Path:
     """The run directory member ``seed`` starts from: ``source`` itself, or, for a ``num_seeds`` group
     directory, its member trained with that seed."""
-    from archcmp.training.ensemble import GROUP_FILE
+    from archcmp.training.records import GROUP_FILE
 
     path = Path(source).expanduser()
     if (path / GROUP_FILE).is_file():

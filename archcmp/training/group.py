@@ -13,14 +13,16 @@ multi-process run only process 0 (the *primary*) claims, reads and writes the re
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from archcmp.training import ensemble, identity
-from archcmp.training.records import resolved, write_resolved_config
+from archcmp.model.config import ConfigError
+from archcmp.training import identity
+from archcmp.training.records import GROUP_FILE, resolved, write_group_record, write_resolved_config
 from archcmp.training.settings import RunSettings, TrainSettings, parse
 
 
@@ -42,7 +44,7 @@ class RunGroup:
     @classmethod
     def of(cls, cfg: Any, s: RunSettings, run_dir: Path, primary: bool) -> "RunGroup":
         k = s.train.num_seeds
-        cfgs = [cfg] if k == 1 else ensemble.member_configs(cfg, s.seed, k)
+        cfgs = [cfg] if k == 1 else member_configs(cfg, s.seed, k)
         settings = [s] if k == 1 else [parse(c)[0] for c in cfgs]
         dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
         group = cls(s, run_dir, settings, cfgs, dirs, [resolved(c) for c in cfgs], primary)
@@ -71,7 +73,7 @@ class RunGroup:
                 locks.append(identity.RunLock(d).acquire())
             idents = [self._claim(d, r, overwrite) for d, r in zip(self.dirs, self.resolved)]
             if self.primary and overwrite and self.k > 1:
-                (self.run_dir / ensemble.GROUP_FILE).unlink(missing_ok=True)
+                (self.run_dir / GROUP_FILE).unlink(missing_ok=True)
             yield idents
         finally:
             for lock in reversed(locks):
@@ -101,7 +103,7 @@ class RunGroup:
             identity.write(d, ident)
             write_resolved_config(d, cfg)
         if self.k > 1:
-            ensemble.write_group_record(self.run_dir, self.command, [d.name for d in self.dirs], self.cfgs)
+            write_group_record(self.run_dir, self.command, [d.name for d in self.dirs], self.cfgs)
 
     # ---- what k changes --------------------------------------------------------------------------
     def keep_checkpoints(self, keep: int) -> int:
@@ -124,5 +126,49 @@ class RunGroup:
         return "" if self.k == 1 else f", member {self.settings[i].run_name}"
 
     def result(self, summaries: list[dict]) -> dict:
-        """What :func:`archcmp.training.loop.train` returns: the run's summary, or the group's."""
-        return ensemble.result(self.command, summaries)
+        """What :func:`archcmp.training.trainer.train` returns: the run's summary (k = 1) or the group's."""
+        if self.k == 1:
+            return summaries[0]
+        order = ("failed", "interrupted", "running", "complete")
+        status = min((m.get("status", "running") for m in summaries), key=order.index)
+        return {"run_name": self.command.run_name, "num_seeds": len(summaries),
+                "seeds": [m.get("seed") for m in summaries], "status": status,
+                "skipped": all(m.get("skipped") for m in summaries), "members": summaries}
+
+
+def member_configs(cfg: Any, seed: int, k: int) -> list[dict]:
+    """Resolved plain configs of the k members: ``seed+i``, ``train.num_seeds=1`` and ``run_name``
+    re-resolved with that seed (suffixed ``-s<seed>`` when that does not tell the members apart)."""
+    if hasattr(cfg, "_get_node"):
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        raw.pop("hydra", None)
+
+        def resolve(c: dict) -> dict:
+            return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
+    else:
+        raw = copy.deepcopy(dict(cfg))
+        resolve = dict
+    out = []
+    for s in range(seed, seed + k):
+        c = copy.deepcopy(raw)
+        c["seed"] = s
+        c["train"]["num_seeds"] = 1
+        out.append(resolve(c))
+    names = [str(c.get("run_name", "run")) for c in out]
+    if len(set(names)) < k:
+        for c, name in zip(out, names):
+            c["run_name"] = f"{name}-s{c['seed']}"
+    return out
+
+
+def check_placement(k: int, place: Any) -> None:
+    """The k members share one device: a mesh (several devices or processes) is not supported."""
+    if k == 1 or place.trivial:
+        return
+    import jax
+
+    raise ConfigError(f"train.num_seeds={k}: the members are trained together on one device, but JAX sees "
+                      f"{len(jax.devices())} devices in {jax.process_count()} process(es); use train.num_seeds=1 "
+                      "on a mesh (or a sweep over seed=), or expose a single device")

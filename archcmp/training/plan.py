@@ -16,7 +16,6 @@ from archcmp.data.packing import fit_example
 from archcmp.model.accounting import ParamCount, count_params, train_flops_per_row
 from archcmp.model.archs import arch_spec
 from archcmp.model.config import ConfigError, ModelConfig
-from archcmp.training import ensemble
 from archcmp.training.evaluation import EvalSets, eval_sets
 from archcmp.training.settings import RunSettings, TrainSettings
 
@@ -73,7 +72,7 @@ def plan_run(s: RunSettings, shape: dict, seeds: list[int]) -> RunPlan:
     flops_per_step = ts.batch_size * train_flops_per_row(model_cfg, T, enc_len or 0)
     plan = RunPlan(ts, task, formatter, model_cfg, T, enc_len, sets, count_params(model_cfg), flops_per_step, 0)
     ref_params = count_params(s.reference_config(task.tokenizer.vocab_size)).total
-    total_steps = ensemble.check_budgets(len(seeds), [
+    total_steps = _same_budget(len(seeds), [
         budget_steps(ts, ref_params, flops_per_step, plan.train_stream(seed)) for seed in seeds])
     return dataclasses.replace(plan, total_steps=total_steps)
 
@@ -107,3 +106,11 @@ def budget_steps(ts: TrainSettings, ref_params: int, flops_per_step: int, probe:
         next(probe)
         per_step.append(sum(int(ex.inputs.size + ex.targets.size) for ex in probe.last_examples))
     return max(1, math.ceil(ts.tokens_per_param * ref_params / (sum(per_step) / len(per_step))))
+
+
+def _same_budget(k: int, steps: list[int]) -> int:
+    """All members run in lock-step, so their step budgets (and schedules) must agree."""
+    if len(set(steps)) > 1:
+        raise ConfigError(f"train.num_seeds={k}: the members' step budgets differ ({steps}; "
+                            "train.tokens_per_param depends on each seed's batches); use train.steps or train.flops")
+    return steps[0]

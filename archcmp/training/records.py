@@ -1,11 +1,15 @@
 """A run directory's records besides the identity (:mod:`archcmp.training.identity`): the
-resolved ``config.yaml``, and the failure record of a run that stopped before it could write its
-own summary."""
+resolved ``config.yaml``; a ``train.num_seeds=k`` group's ``ensemble.json`` (the group directory
+holds only that, no ``summary.json``, so analysis sees k ordinary runs); and the failure record of
+a run that stopped before it could write its own summary."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
+
+GROUP_FILE = "ensemble.json"
 
 
 def plain(cfg: Any) -> Any:
@@ -40,7 +44,6 @@ def record_failure(run_dir: str | Path, err: BaseException) -> None:
     and only in a directory no other process is writing."""
     from archcmp.distributed.hosts import is_primary
     from archcmp.tracking.tracker import JsonlTracker
-    from archcmp.training.ensemble import member_dirs
     from archcmp.training.identity import RunLock, RunRefused
     from archcmp.training.summary import error_fields
 
@@ -58,3 +61,32 @@ def record_failure(run_dir: str | Path, err: BaseException) -> None:
                 tracker.log_summary({**summary, "status": "failed", **error_fields(err), "run_name": d.name})
     finally:
         lock.release()
+
+
+def write_group_record(run_dir: Path, s: Any, names: list[str], member_cfgs: list[dict]) -> None:
+    """``ensemble.json`` in the group directory and ``.hydra/config.yaml`` in every member's.
+
+    A ``summary.json`` an earlier failed attempt left in the group directory (e.g. a config error
+    recorded by the command line) is removed: the members hold the run records now.
+    """
+    from omegaconf import OmegaConf
+
+    from archcmp.tracking.tracker import atomic_write_json, read_summary
+
+    stale = run_dir / "summary.json"
+    if stale.exists() and read_summary(run_dir).get("status") != "complete":
+        stale.unlink()
+    atomic_write_json(run_dir / GROUP_FILE, {
+        "num_seeds": s.train.num_seeds, "seeds": [s.seed + i for i in range(s.train.num_seeds)], "members": names,
+        "run_name": s.run_name})
+    for name, c in zip(names, member_cfgs):
+        (run_dir / name / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(c), run_dir / name / ".hydra" / "config.yaml")
+
+
+def member_dirs(run_dir: str | Path) -> list[Path]:
+    """The run directories of the command's ``run_dir``: itself, or a group's members."""
+    run_dir = Path(run_dir)
+    if not (run_dir / GROUP_FILE).exists():
+        return [run_dir]
+    return [run_dir / name for name in json.loads((run_dir / GROUP_FILE).read_text())["members"]]

@@ -20,7 +20,7 @@ from typing import Any
 from archcmp.distributed import hosts
 from archcmp.distributed.sharding import make_placement
 from archcmp.training import ensemble, finetune
-from archcmp.training.group import RunGroup
+from archcmp.training.group import RunGroup, check_placement
 from archcmp.training.members import open_members, start_records
 from archcmp.training.optim import make_optimizer, schedule
 from archcmp.training.plan import RunPlan, plan_run
@@ -56,7 +56,7 @@ def train(cfg: Any, run_dir: str | Path, *, on_accept: Any = None) -> dict:
         group = group.with_train(plan.train)
         place = make_placement(s.mesh, batch_size=plan.train.batch_size, grad_accum=plan.train.grad_accum,
                                eval_batch_size=plan.train.eval_batch_size)
-        ensemble.check_placement(group.k, place)
+        check_placement(group.k, place)
         if group.primary and on_accept is not None:
             on_accept(group.run_dir)
         states, engine, lr_at = _initial_states(s, plan, place, group)
