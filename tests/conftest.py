@@ -81,7 +81,7 @@ def tiny_runs(tmp_path_factory):
     with open(shared / "tiny-runs.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (root / "done").exists():
-            from archcmp.training.loop import train
+            from archcmp.training.trainer import train
 
             for arch in archs:
                 cfg = compose_cfg([f"arch={arch}", *TINY])

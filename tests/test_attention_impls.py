@@ -7,7 +7,7 @@ import pytest
 
 from archcmp.model.attention_impls import blocked_attend, fused_attend, xla_attend
 from archcmp.model.config import ModelConfig
-from archcmp.model.layers import attend
+from archcmp.model.attention import attend
 from archcmp.model.models import build_model
 
 B, T, H, K = 2, 40, 3, 8

@@ -15,7 +15,8 @@ from flax import nnx
 from archcmp.model import masks
 from archcmp.model.accounting import count_params
 from archcmp.model.config import ModelConfig
-from archcmp.model.layers import MLP, Block, Norm, apply_rope, relative_buckets, sinusoidal_table
+from archcmp.model.embeddings import apply_rope, relative_buckets, sinusoidal_table
+from archcmp.model.layers import MLP, Block, Norm
 from archcmp.model.models import build_model
 
 T = 8

@@ -57,7 +57,7 @@ def test_decoding_cli_end_to_end(tmp_path):
 
     from archcmp.analysis.decoding import cli as decoding
     from archcmp.analysis.cli import main
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import TINY, compose_cfg
 
     cfg = compose_cfg(["arch=decoder", *TINY, "size=femto"])

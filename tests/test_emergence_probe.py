@@ -12,7 +12,7 @@ from archcmp.analysis.cli import main as analyze
 from archcmp.data import make_task
 from archcmp.model.objectives import answer_exact_sums
 from archcmp.tracking.tracker import read_jsonl
-from archcmp.training.loop import train
+from archcmp.training.trainer import train
 from figures import png_pixels
 from hydra_cfg import TINY, compose_cfg
 

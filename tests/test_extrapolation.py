@@ -10,7 +10,7 @@ import pytest
 from archcmp.analysis.extrapolation.cli import longer_task, summarize
 from archcmp.analysis.common.probe_tables import t_interval
 from archcmp.model.config import ModelConfig
-from archcmp.model.layers import Positions, alibi_slopes
+from archcmp.model.embeddings import Positions, alibi_slopes
 from archcmp.model.models import build_model
 
 MAX_LEN = 8
@@ -138,7 +138,7 @@ def test_extrapolation_cli_end_to_end(tmp_path):
     from omegaconf import OmegaConf
 
     from archcmp.analysis.cli import main
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import TINY, compose_cfg
 
     for pe in ("alibi", "learned"):

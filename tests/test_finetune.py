@@ -184,7 +184,7 @@ def test_classifier_head_loss_falls_on_a_learnable_task(arch, head):
 def _source_cfg(run_dir: Path):
     from omegaconf import OmegaConf
 
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import TINY, compose_cfg
 
     cfg = compose_cfg(["arch=decoder", *TINY])
@@ -218,7 +218,7 @@ def test_finetuned_model_starts_from_exactly_the_source_weights(source, tmp_path
 
     from archcmp.loading.run import load_run
     from archcmp.training.finetune import build
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import compose_cfg
 
     raw = _raw_checkpoint(source, 4)
@@ -242,7 +242,7 @@ def test_finetuned_model_starts_from_exactly_the_source_weights(source, tmp_path
 
 def test_finetune_run_identity_resume_and_skip(source, tmp_path):
     from archcmp.training.identity import RunRefused
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import compose_cfg
 
     args = [*FT, "arch=decoder", f"finetune.from={source}", "finetune.aux_lm_weight=0.5"]
@@ -261,7 +261,7 @@ def test_finetune_run_identity_resume_and_skip(source, tmp_path):
 
 
 def test_finetune_resume_continues_bit_exactly(source, tmp_path):
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import compose_cfg
 
     args = [*FT, "arch=decoder", f"finetune.from={source}", "finetune.head=mean"]

@@ -82,7 +82,7 @@ def test_relaunch_with_other_settings_is_refused_before_anything_is_written(firs
     import jax.numpy as jnp
 
     from archcmp.training.checkpoint import Checkpointer
-    from archcmp.training.loop import _resolved
+    from archcmp.training.records import resolved as _resolved
 
     run_dir = tmp_path / "run"
     identity.write(run_dir, identity.identity_of(_resolved(compose_cfg([*TINY2, *first]))))
@@ -102,7 +102,7 @@ def test_relaunch_with_other_settings_is_refused_before_anything_is_written(firs
 def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_directory(tmp_path):
     char, bpe = compose_cfg(["task=shakespeare"]), compose_cfg(["task=shakespeare_bpe"])
     assert char.run_name == "decoder-nano-shakespeare-s0" and bpe.run_name == "decoder-nano-shakespeare_bpe-s0"
-    from archcmp.training.loop import _resolved
+    from archcmp.training.records import resolved as _resolved
 
     identity.write(tmp_path, identity.identity_of(_resolved(char)))
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\n')  # it holds a result
@@ -116,7 +116,7 @@ def test_tokenizer_change_gives_another_run_name_and_is_refused_in_the_same_dire
 def test_runs_from_before_identities_are_judged_by_their_config_yaml(tmp_path):
     import yaml
 
-    from archcmp.training.loop import _resolved
+    from archcmp.training.records import resolved as _resolved
 
     old = _resolved(compose_cfg(["optimizer.lr=0.01"]))
     del old["train"]["overwrite"]  # a key that did not exist then is not held against the old run
@@ -420,7 +420,7 @@ def test_all_checkpoints_corrupt_stops_in_one_line_naming_the_directory(tmp_path
     import jax.numpy as jnp
 
     from archcmp.training.checkpoint import Checkpointer
-    from archcmp.training.loop import _resolved
+    from archcmp.training.records import resolved as _resolved
 
     args = [*TINY, "train.steps=4", "train.checkpoint_every=2"]
     run_dir = tmp_path / "run"

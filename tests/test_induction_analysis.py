@@ -172,7 +172,7 @@ def test_induction_cli_end_to_end(tmp_path):
     from omegaconf import OmegaConf
 
     from archcmp.analysis.cli import main as analyze
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import TINY, compose_cfg
 
     over = [o for o in TINY if not o.startswith("task.seq_len")]

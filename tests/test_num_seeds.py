@@ -10,12 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from archcmp.training import ensemble
 from archcmp.analysis.common.runs import load_runs
 from archcmp.training.checkpoint import Checkpointer
 from archcmp.training.settings import ConfigError
 from archcmp.tracking.tracker import read_jsonl
-from archcmp.training.loop import _record_failure, train
+from archcmp.training.group import check_placement
+from archcmp.training.records import GROUP_FILE
+from archcmp.training.records import record_failure as _record_failure
+from archcmp.training.trainer import train
 from hydra_cfg import compose_cfg
 from train_procs import kill_at_checkpoint, train_cli
 
@@ -71,7 +73,7 @@ def test_each_member_has_its_own_run_record(runs):
     names = [f"decoder-nano-addition-s{s}" for s in (SEED, SEED + 1)]
     assert [m["run_name"] for m in group["members"]] == names
     assert not (gdir / "summary.json").exists()  # the group is not a run (an earlier failed record is gone)
-    assert json.loads((gdir / ensemble.GROUP_FILE).read_text())["members"] == names
+    assert json.loads((gdir / GROUP_FILE).read_text())["members"] == names
     for i, name in enumerate(names):
         d = gdir / name
         summary = json.loads((d / "summary.json").read_text())
@@ -163,13 +165,13 @@ def test_bad_values_name_the_key(overrides, key, tmp_path):
 
 def test_a_mesh_is_refused_before_anything_compiles():
     with pytest.raises(ConfigError, match=r"^train\.num_seeds=4: .*one device"):
-        ensemble.check_placement(4, SimpleNamespace(trivial=False))
-    ensemble.check_placement(1, SimpleNamespace(trivial=False))  # k=1 runs on any mesh
+        check_placement(4, SimpleNamespace(trivial=False))
+    check_placement(1, SimpleNamespace(trivial=False))  # k=1 runs on any mesh
 
 
 def test_a_group_failing_before_its_first_step_records_it_in_every_member(tmp_path):
     names = ["r-s0", "r-s1"]
-    (tmp_path / ensemble.GROUP_FILE).write_text(json.dumps({"members": names}))
+    (tmp_path / GROUP_FILE).write_text(json.dumps({"members": names}))
     _record_failure(str(tmp_path), OSError("disk full"))
     assert not (tmp_path / "summary.json").exists()
     for name in names:

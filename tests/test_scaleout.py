@@ -24,7 +24,7 @@ from archcmp.distributed import hosts
 from archcmp.training.settings import ConfigError, parse
 from archcmp.distributed.sharding import DEFAULT_RULES, MeshSettings, parse_mesh, partition_spec
 from archcmp.tracking.tracker import read_jsonl
-from archcmp.training.loop import train
+from archcmp.training.trainer import train
 from hydra_cfg import compose_cfg
 
 ROOT = Path(__file__).resolve().parent.parent

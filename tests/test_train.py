@@ -17,7 +17,7 @@ from archcmp.training.optim import make_optimizer
 from archcmp.training.settings import OptimSettings
 from archcmp.training.steps import make_train_step, split_microbatches
 from archcmp.tracking.tracker import read_jsonl
-from archcmp.training.loop import train
+from archcmp.training.trainer import train
 from hydra_cfg import TINY, compose_cfg
 from train_procs import kill_at_checkpoint, train_cli
 from wandb_files import offline_history, offline_summary

@@ -1,6 +1,7 @@
 """Tasks, tokenizers, per-architecture formatters and the data fingerprint (numpy only).
 
-Modules: vocab (special ids), tokenizers, example (Example), tasks (+ text_tasks, shakespeare),
+Modules: vocab (special ids), tokenizers, example (Example), tasks (the interface and registry;
+arithmetic_tasks, context_tasks, text_tasks + shakespeare, downstream),
 packing (fit rule, row packing), noising (MLM, span corruption), formatters (per-arch batch
 layouts), fingerprint, pipeline (checkpointable iterator, eval batches).
 """
@@ -12,9 +13,11 @@ from archcmp.data.packing import fit_example, pack_rows
 from archcmp.data.pipeline import (BatchIterator, FullBatchIterator, batch_rng, epoch_seed, eval_batches, eval_examples,
                                     fixed_batches)
 from archcmp.data.tasks import SPLITS, Task, make_task, task_names
-# registers the text tasks (shakespeare, shakespeare_bpe) in the task registry of ``tasks``; every
-# import of a data module runs this package first, so make_task always knows them
-from archcmp.data import text_tasks  # noqa: E402,F401
+# registers the tasks in the registry of ``tasks``; every import of a data module runs this package
+# first, so make_task always knows them
+from archcmp.data import arithmetic_tasks  # noqa: E402,F401  (addition, multiplication, modular)
+from archcmp.data import context_tasks  # noqa: E402,F401  (recall, induction, infill)
+from archcmp.data import text_tasks  # noqa: E402,F401  (shakespeare, shakespeare_bpe)
 from archcmp.data import downstream  # noqa: E402,F401  (sum_parity, greater, key_present)
 
 __all__ = [

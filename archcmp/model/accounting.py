@@ -1,12 +1,12 @@
 """Exact parameter counts and FLOPs, counted layer by layer from the config.
 
-Parameter counts follow the modules in :mod:`archcmp.model.layers` one to one (a test compares
-them with the real parameter tree). FLOPs count every matrix multiply of the forward pass as
-2·m·n·k, including attention scores and the attention-weighted sum over the *full* score
-matrix (we compute masked entries too), and the output projection at every position (MLM
-computes logits everywhere even though only masked positions carry loss). Training FLOPs
-are 3× forward (backward ≈ 2× forward). Norms, softmax and activations are not counted
-(they are not matmuls; a test checks the matmul count against the traced program).
+Parameter counts follow the modules of :mod:`archcmp.model.layers`, :mod:`~archcmp.model.attention`
+and :mod:`~archcmp.model.embeddings` one to one (a test compares them with the real parameter tree).
+FLOPs count every matrix multiply of the forward pass as 2·m·n·k, including attention scores and the
+attention-weighted sum over the *full* score matrix (we compute masked entries too), and the output
+projection at every position (MLM computes logits everywhere even though only masked positions carry
+loss). Training FLOPs are 3× forward (backward ≈ 2× forward). Norms, softmax and activations are not
+counted (they are not matmuls; a test checks the matmul count against the traced program).
 """
 from __future__ import annotations
 

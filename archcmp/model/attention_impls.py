@@ -1,7 +1,7 @@
 """Implementations of softmax attention that do not return the probabilities (training paths).
 
 ``model.attention_impl`` picks one (see :func:`fused_attend`); ``explicit`` (the default) stays
-:func:`archcmp.model.layers.attend`, which also returns the ``[B, H, T, S]`` probabilities the probes
+:func:`archcmp.model.attention.attend`, which also returns the ``[B, H, T, S]`` probabilities the probes
 read. The others give the same outputs and gradients (``tests/test_attention_impls.py``):
 
 * ``blocked``: flash-style attention in plain JAX. Keys are taken in blocks of ``block`` columns
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-NEG_INF = -1e30  # the value archcmp.model.layers uses; repeated so this module imports nothing from it
+NEG_INF = -1e30  # the value archcmp.model.attention uses; repeated so this module imports nothing from it
 IMPLS = ("explicit", "blocked", "xla", "cudnn")
 BLOCK = 64  # key columns per block of the blocked path
 

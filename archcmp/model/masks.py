@@ -2,7 +2,7 @@
 
 Every mask is boolean, ``True`` = the query may attend to the key, with shape
 ``[B, 1, Tq, Tk]`` (the 1 broadcasts over heads). Masks stay boolean until
-:func:`archcmp.model.layers.attend` turns them into logit biases. Combine them with
+:func:`archcmp.model.attention.attend` turns them into logit biases. Combine them with
 :func:`combine_masks` (logical AND) and, for the prefix-LM, OR the causal mask with the
 prefix mask (t5x's decoder-mask recipe).
 """

@@ -1,4 +1,5 @@
-"""The four architectures, wired from the shared components in :mod:`archcmp.model.layers`.
+"""The four architectures, wired from the shared components (:mod:`archcmp.model.layers`,
+:mod:`~archcmp.model.attention`, :mod:`~archcmp.model.embeddings`).
 
 | arch      | stack(s)                                   | self-attention mask            |
 |-----------|--------------------------------------------|--------------------------------|
@@ -34,7 +35,9 @@ from flax import nnx
 
 from archcmp.model import masks
 from archcmp.model.config import ModelConfig
-from archcmp.model.layers import Embed, Norm, Stack, cast_param, logical_param, init_param, activation, dropout
+from archcmp.model.embeddings import Embed
+from archcmp.model.layers import Norm, Stack, activation
+from archcmp.model.params import cast_param, dropout, init_param, logical_param
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -79,7 +82,7 @@ def check_token_ids(ids: Any, vocab_size: int, key: str) -> None:
 
     JAX clamps out-of-range gather indices, which would silently read another token's embedding.
     Eager calls and decoding (whose prompts are host arrays) are checked here; under jit the ids
-    are tracers and cannot be inspected, so :class:`archcmp.model.layers.Embed` then turns an
+    are tracers and cannot be inspected, so :class:`archcmp.model.embeddings.Embed` then turns an
     out-of-range id into a NaN embedding (the loss becomes NaN instead of silently wrong).
     """
     if not _concrete(ids):

@@ -1,22 +1,16 @@
 """``train.num_seeds=k``: k models of the same shape trained together in one jitted, vmapped step.
 
 Member i is the run ``seed=seed+i`` would be on its own: its own initialisation, its own data
-order (its own :class:`~archcmp.data.BatchIterator`), its own run directory
-``<run_dir>/<member run_name>/`` (``run_name`` re-resolved with the member's seed, e.g.
-``decoder-nano-addition-s1``) holding ``.hydra/config.yaml`` (the member as a ``num_seeds=1``
-config), ``metrics.jsonl``, ``summary.json`` and ``checkpoints/`` exactly as a plain run has
-them. The group directory holds only ``ensemble.json`` (no ``summary.json``, so analysis sees k
-ordinary runs).
+order, its own run directory (:mod:`archcmp.training.group` holds the members' settings and
+directories). This module holds the step engines and the resume rule of a group.
 
-The training loop (:func:`archcmp.training.loop.train`) is the same for every k; it talks to an engine:
+The step loop (:func:`archcmp.training.step_loop.run_steps`) is the same for every k; it talks to an engine:
 :class:`Single` (k=1: the unchanged jitted step, sharded on a mesh if there is one) or
 :class:`Stacked` (k>1: parameters, optimizer state, batches and dropout keys stacked on a leading
 member axis, ``jax.vmap`` of the same step function; one device, one process).
 """
 from __future__ import annotations
 
-import copy
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,98 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from archcmp.model.config import ConfigError
-
-GROUP_FILE = "ensemble.json"
-
-
-# ---- configuration ------------------------------------------------------------------------------
-def member_seeds(seed: int, k: int) -> list[int]:
-    return [seed + i for i in range(k)]
-
-
-def member_configs(cfg: Any, seed: int, k: int) -> list[dict]:
-    """Resolved plain configs of the k members: ``seed+i``, ``train.num_seeds=1`` and ``run_name``
-    re-resolved with that seed (suffixed ``-s<seed>`` when that does not tell the members apart)."""
-    if hasattr(cfg, "_get_node"):
-        from omegaconf import OmegaConf
-
-        raw = OmegaConf.to_container(cfg, resolve=False)
-        raw.pop("hydra", None)
-
-        def resolve(c: dict) -> dict:
-            return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
-    else:
-        raw = copy.deepcopy(dict(cfg))
-        resolve = dict
-    out = []
-    for s in member_seeds(seed, k):
-        c = copy.deepcopy(raw)
-        c["seed"] = s
-        c["train"]["num_seeds"] = 1
-        out.append(resolve(c))
-    names = [str(c.get("run_name", "run")) for c in out]
-    if len(set(names)) < k:
-        for c, name in zip(out, names):
-            c["run_name"] = f"{name}-s{c['seed']}"
-    return out
-
-
-def check_placement(k: int, place: Any) -> None:
-    """The k members share one device: a mesh (several devices or processes) is not supported."""
-    if k == 1 or place.trivial:
-        return
-    import jax
-
-    raise ConfigError(f"train.num_seeds={k}: the members are trained together on one device, but JAX sees "
-                        f"{len(jax.devices())} devices in {jax.process_count()} process(es); use train.num_seeds=1 "
-                        "on a mesh (or a sweep over seed=), or expose a single device")
-
-
-def check_budgets(k: int, steps: list[int]) -> int:
-    """All members run in lock-step, so their step budgets (and schedules) must agree."""
-    if len(set(steps)) > 1:
-        raise ConfigError(f"train.num_seeds={k}: the members' step budgets differ ({steps}; "
-                            "train.tokens_per_param depends on each seed's batches); use train.steps or train.flops")
-    return steps[0]
-
-
-def write_group_record(run_dir: Path, s: Any, names: list[str], member_cfgs: list[dict]) -> None:
-    """``ensemble.json`` in the group directory and ``.hydra/config.yaml`` in every member's.
-
-    A ``summary.json`` an earlier failed attempt left in the group directory (e.g. a config error
-    recorded by the command line) is removed: the members hold the run records now.
-    """
-    from omegaconf import OmegaConf
-
-    from archcmp.tracking.tracker import atomic_write_json, read_summary
-
-    stale = run_dir / "summary.json"
-    if stale.exists() and read_summary(run_dir).get("status") != "complete":
-        stale.unlink()
-    atomic_write_json(run_dir / GROUP_FILE, {
-        "num_seeds": s.train.num_seeds, "seeds": member_seeds(s.seed, s.train.num_seeds), "members": names,
-        "run_name": s.run_name})
-    for name, c in zip(names, member_cfgs):
-        (run_dir / name / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(c), run_dir / name / ".hydra" / "config.yaml")
-
-
-def result(s: Any, summaries: list[dict]) -> dict:
-    """What :func:`archcmp.training.loop.train` returns: the run's summary (k=1) or the group's."""
-    if len(summaries) == 1:
-        return summaries[0]
-    order = ("failed", "interrupted", "running", "complete")
-    status = min((m.get("status", "running") for m in summaries), key=order.index)
-    return {"run_name": s.run_name, "num_seeds": len(summaries), "seeds": [m.get("seed") for m in summaries],
-            "status": status, "skipped": all(m.get("skipped") for m in summaries), "members": summaries}
-
-
-def member_dirs(run_dir: str | Path) -> list[Path]:
-    """The run directories of the command's ``run_dir``: itself, or a group's members."""
-    run_dir = Path(run_dir)
-    if not (run_dir / GROUP_FILE).exists():
-        return [run_dir]
-    return [run_dir / name for name in json.loads((run_dir / GROUP_FILE).read_text())["members"]]
 
 
 # ---- resume ---------------------------------------------------------------------------------------

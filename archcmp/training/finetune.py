@@ -13,7 +13,7 @@ architecture, size and weights, exactly), attaches a head and trains on a classi
 * ``finetune.train_backbone=false``: only the classifier head learns (a linear probe).
 
 Run records are those of a training run: the directory is locked and its identity checked by
-:func:`archcmp.training.loop.train` (the identity holds the fine-tune settings and the source's
+:func:`archcmp.training.trainer.train` (the identity holds the fine-tune settings and the source's
 identity hash and step, so a run is never reused for another source), ``metrics.jsonl``,
 ``summary.json`` and ``checkpoints/`` (the parameters ``{"backbone", "head"}`` with the optimizer
 state and the data position), resume from the last checkpoint, skip when complete.
@@ -40,7 +40,7 @@ from archcmp.model.config import ConfigError
 def source_dir(source: str, seed: int) -> Path:
     """The run directory member ``seed`` starts from: ``source`` itself, or, for a ``num_seeds`` group
     directory, its member trained with that seed."""
-    from archcmp.training.ensemble import GROUP_FILE
+    from archcmp.training.records import GROUP_FILE
 
     path = Path(source).expanduser()
     if (path / GROUP_FILE).is_file():
@@ -205,14 +205,14 @@ def check(s: Any, task: Any) -> None:
         raise ConfigError(f"model.{key}={s.model_overrides[key]!r}: a fine-tuned run keeps its source's model")
 
 
-def run(s: Any, settings: list, dirs: list[Path], records: list[dict], write_records: Callable[[], None],
-        on_accept: Any, run_dir: Path) -> list[dict]:
-    """Fine-tune every member (settings[i] in dirs[i] from the source in records[i]); returns their
-    summaries. ``write_records()`` writes identity and config once everything is validated."""
+def run(group: Any, idents: list[dict], on_accept: Any) -> list[dict]:
+    """Fine-tune every member of ``group`` (:class:`archcmp.training.group.RunGroup`, each from its
+    source in ``group.sources``); returns their summaries. Identity and config are written (with the
+    ``idents`` of the claimed directories) once everything is validated."""
     from archcmp.data import make_task
-    from archcmp.tracking.tracker import read_summary
 
-    previous = [read_summary(d) for d in dirs]
+    s = group.command
+    previous = group.previous()
     if s.train.skip_complete and all(p.get("status") == "complete" for p in previous):
         return [{**p, "skipped": True} for p in previous]
     try:
@@ -221,11 +221,11 @@ def run(s: Any, settings: list, dirs: list[Path], records: list[dict], write_rec
         raise ConfigError(f"task={s.task.name!r}: {err}") from None
     check(s, task)
     if on_accept is not None:
-        on_accept(run_dir)
-    write_records()
+        on_accept(group.run_dir)
+    group.write_records(idents)
     compiled: dict = {}
     summaries = []
-    for i, (m, d, rec) in enumerate(zip(settings, dirs, records)):
+    for i, (m, d, rec) in enumerate(zip(group.settings, group.dirs, group.sources)):
         if m.train.skip_complete and previous[i].get("status") == "complete":
             summaries.append({**previous[i], "skipped": True})
             continue
@@ -250,6 +250,7 @@ def _member(s: Any, run_dir: Path, record: dict, task: Any, compiled: dict) -> d
     from archcmp.tracking.tracker import JsonlTracker, run_tracker, to_jsonable
     from archcmp.training.checkpoint import Checkpointer
     from archcmp.training.optim import make_optimizer
+    from archcmp.training.summary import error_fields
 
     ft, ts = s.finetune, s.train
     src = source_dir(ft.source, s.seed)
@@ -339,8 +340,7 @@ def _member(s: Any, run_dir: Path, record: dict, task: Any, compiled: dict) -> d
             status = "complete"
     except BaseException as exc:  # recorded in the summary, then re-raised
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        error = {"error": f"{type(exc).__name__}: {exc}",
-                 "error_kind": "config" if isinstance(exc, ConfigError) else type(exc).__name__}
+        error = error_fields(exc)
         raise
     finally:
         pbar.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 SWEPT_ENV = "ARCHCMP_SWEPT_KEYS"
@@ -143,3 +144,19 @@ def register() -> None:
 
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, _resolve)
+
+
+def tracker_group(group: str | None, experiment: str) -> str:
+    """A run's tracker group (wandb): ``logger.group``, else ``experiment_name``, else (a sweep left
+    at ``default``) the sweep directory's name and the keys it varies."""
+    group = group or (experiment if experiment != "default" else None)
+    if group is not None:
+        return group
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return sweep_group(Path(hc.sweep.dir).name, env_swept()) if hc.mode == RunMode.MULTIRUN else experiment
+    except ValueError:  # not under Hydra
+        return experiment

@@ -7,7 +7,7 @@ its length parameters multiplied by the factor (:func:`longer_task`: a text wind
 induction segment ``length``, the recall ``shots``) and scored on the validation split with the
 common yardstick (target-token cross-entropy, token accuracy, exact match), in the run's own layout.
 
-Every positional encoding meets the longer input by its own rule (:class:`archcmp.model.layers.Positions`):
+Every positional encoding meets the longer input by its own rule (:class:`archcmp.model.embeddings.Positions`):
 sinusoids, RoPE angles, T5 relative buckets (far offsets share the last bucket), ALiBi distances and
 'none' are computed for any position; a learned table has no row past ``model.max_len``, so the
 model refuses the input with a one-line error, which is recorded in the ``note`` column (loss NaN).
