@@ -12,6 +12,7 @@ from scipy import stats
 from archcmp.claims import cli
 from archcmp.claims.evidence import EvidenceError, mean_interval
 from archcmp.claims.registry import RegistryError, load_registry, validate
+from archcmp.claims.report import render_markdown
 from archcmp.claims.rules import apply_rule, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,27 @@ def test_criterion_rule(tmp_path):
     assert apply_rule(r, tmp_path).verdict == "not run"
 
 
+def test_criterion_whose_prerequisite_failed_is_not_judged(tmp_path):
+    r = criterion(tmp_path, met=False, prerequisite_met=True)  # judged and not met: the rule's on_not_met
+    assert apply_rule(r, tmp_path).verdict == "refuted"
+    criterion(tmp_path, met=False, prerequisite_met=False, prerequisite="largest size >= 0.9")
+    out = apply_rule(r, tmp_path)  # not judged: inconclusive whatever on_not_met says
+    assert out.verdict == "inconclusive" and out.reason == "prerequisite not met (not judged)"
+    assert "largest size >= 0.9" in out.evidence[-1]
+    criterion(tmp_path, met=False, prerequisite_met=False, n_seeds=1)  # the seed guard adds its reason
+    out = apply_rule(r, tmp_path)
+    assert out.verdict == "inconclusive" and "n_seeds=1 < 3" in out.reason
+    criterion(tmp_path, met=True, prerequisite_met=False)  # contradictory
+    with pytest.raises(EvidenceError, match="met = True with prerequisite_met = false"):
+        apply_rule(r, tmp_path)
+    criterion(tmp_path, met=False, prerequisite_met="no")
+    with pytest.raises(EvidenceError, match="prerequisite_met = 'no'"):
+        apply_rule(r, tmp_path)
+    # inside an ``all`` rule a not-judged criterion cannot refute the claim
+    parts = {"kind": "all", "parts": [criterion(tmp_path, met=False, prerequisite_met=False)]}
+    assert apply_rule(parts, tmp_path).verdict == "inconclusive"
+
+
 def fits(tmp_path, rows):
     head = "fit,group,parameter,estimate,lo,hi,n_seeds,interval,n_points,flags"
     (tmp_path / "fits.csv").write_text("\n".join([head] + rows) + "\n")
@@ -209,6 +231,10 @@ def minimal(**claim):
     ({"testable": False, "rule": None}, "C01.reason = '': an untestable claim must say why"),
     ({"sources": ["007"]}, "C01.sources = ['007']"),
     ({"colour": 1}, "C01.colour = 1: unknown key"),
+    ({"rule": {"rule_written": "2026-12-03", "prose": "p", "amended": [{"date": "2026-12-02", "change": "c"}],
+               **rule("t.csv")}}, "C01.rule.amended[0].date = '2026-12-02': is before rule_written 2026-12-03"),
+    ({"rule": {"rule_written": "2026-12-03", "prose": "p", "amended": [{"date": "2026-12-04"}], **rule("t.csv")}},
+     "C01.rule.amended[0] = {'date': '2026-12-04'}: must be a mapping with exactly the keys date and change"),
 ])
 def test_registry_errors_are_one_line_naming_key_and_value(change, message):
     data = minimal(**change)
@@ -217,6 +243,17 @@ def test_registry_errors_are_one_line_naming_key_and_value(change, message):
     with pytest.raises(RegistryError) as exc:
         validate(data)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_registry_amendment_keeps_the_original_prose_and_shows_both(tmp_path):
+    data = minimal(rule={"rule_written": "2026-12-03", "prose": "Original: not met refutes.",
+                         "amended": [{"date": "2026-12-04", "change": "Not judged is  inconclusive."}],
+                         **rule("t.csv")})
+    (c,) = validate(data)
+    assert c.rule["prose"] == "Original: not met refutes." and c.rule_written == "2026-12-03"
+    assert c.rule["amended"] == [{"date": "2026-12-04", "change": "Not judged is inconclusive."}]
+    md = render_markdown([c], {"C01": evaluate(c, tmp_path)}, root=tmp_path, results_dir=tmp_path / "results")
+    assert ("Original: not met refutes. **Amended 2026-12-04:** Not judged is inconclusive." in md)
 
 
 def test_registry_rejects_duplicate_and_missing_ids():

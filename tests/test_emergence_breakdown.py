@@ -87,8 +87,12 @@ def test_judge_meets_only_when_the_ladder_spans_failure_to_success():
     assert d["prerequisite_met"] and v["n_seeds"] == 3
     # target log-likelihood 5 log p is concave in log N: exact match is sharper than all three
     assert d["exact_match_sharper"] and v["met"] is True
+    assert v["prerequisite_met"] is True and "status" not in v
     v = judge(long, ss, smallest_max=0.10, largest_min=0.96)       # largest 0.951 < 0.96
     assert v["met"] is False and not v["per_arch"]["decoder"]["prerequisite_met"]
+    # a failed prerequisite is recorded at the top, so the claims engine can tell "not judged" from "not met"
+    assert v["prerequisite_met"] is False and v["status"] == "not judged: prerequisite not met (decoder)"
+    assert v["prerequisite"] == "mean exact match over seeds <= 0.1 at the smallest size and >= 0.96 at the largest"
 
 
 def test_judge_fails_when_exact_match_is_as_smooth_as_token_accuracy():
@@ -97,7 +101,7 @@ def test_judge_fails_when_exact_match_is_as_smooth_as_token_accuracy():
     long = _long(curves)
     v = judge(long, bd.seed_smoothness(long, list(curves), n_boot=200))
     assert v["per_arch"]["decoder"]["prerequisite_met"] and v["per_arch"]["decoder"]["exact_match_sharper"] is False
-    assert v["met"] is False
+    assert v["met"] is False and v["prerequisite_met"] is True  # judged, and not met
 
 
 def test_judge_is_undecided_with_two_sizes():

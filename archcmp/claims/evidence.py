@@ -84,6 +84,14 @@ def read_criterion(path) -> dict:
             continue  # an experiment still running: met = null with a status saying how far it got
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
             raise EvidenceError(f"{path}: {key} = {v!r}: must be a {typ.__name__}")
+    # Optional: whether the criterion's precondition held. false = the criterion was not judged
+    # (met must then be false too); the verdict engine reads it as inconclusive, never refuted.
+    pre = data.get("prerequisite_met", True)
+    if not isinstance(pre, bool):
+        raise EvidenceError(f"{path}: prerequisite_met = {pre!r}: must be a bool")
+    if not pre and data["met"] is not False:
+        raise EvidenceError(f"{path}: met = {data['met']!r} with prerequisite_met = false: a criterion "
+                            "whose prerequisite failed is not judged, so met must be false")
     return data
 
 

@@ -29,7 +29,7 @@ RULE_KEYS = {
     "holdout_prediction": ({"table", "groups", "min_groups"}, set()),
     "all": ({"parts"}, set()),
 }
-TOP_RULE_KEYS = {"rule_written", "prose"}
+TOP_RULE_KEYS = {"rule_written", "prose", "amended"}
 
 
 class RegistryError(ValueError):
@@ -137,9 +137,35 @@ def _claim(raw, where, seen) -> Claim:
         if not isinstance(prose, str) or not prose.strip():
             _fail(where, "rule.prose", prose, "the rule must be stated in prose")
         rule = {**rule, "rule_written": written.isoformat()}
+        if "amended" in rule:
+            rule["amended"] = _amendments(rule["amended"], written, where + ".rule.amended")
         _rule(rule, where + ".rule", top=True)
     return Claim(id=cid, sources=tuple(sources), claim=" ".join(text.split()), testable=testable,
                  reason=" ".join(str(reason).split()), rule=rule, **lists)
+
+
+def _amendments(raw, written: dt.date, where: str) -> list[dict]:
+    """``amended``: dated changes to a rule, each ``{date, change}``; the original ``prose`` stays as
+    written, so a reader sees both. A date must be ISO and not before ``rule_written``."""
+    if not isinstance(raw, list) or not raw:
+        raise RegistryError(f"{where} = {raw!r}: must be a non-empty list of {{date, change}}")
+    out = []
+    for i, a in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(a, dict) or set(a) != {"date", "change"}:
+            raise RegistryError(f"{at} = {a!r}: must be a mapping with exactly the keys date and change")
+        date = a["date"]
+        try:
+            date = date if isinstance(date, dt.date) else dt.date.fromisoformat(str(date))
+        except ValueError:
+            _fail(at, "date", a["date"], "must be an ISO date (YYYY-MM-DD)")
+        if date < written:
+            _fail(at, "date", a["date"], f"is before rule_written {written.isoformat()}")
+        change = a["change"]
+        if not isinstance(change, str) or not change.strip():
+            _fail(at, "change", change, "must say in prose what changed and why")
+        out.append({"date": date.isoformat(), "change": " ".join(change.split())})
+    return out
 
 
 def _rule(rule, where, top=False):

@@ -69,8 +69,9 @@ def render_markdown(claims: list[Claim], outcomes: dict[str, Outcome], *, root: 
             continue
         kinds = c.rule["kind"] + (" of " + ", ".join(p["kind"] for p in c.rule["parts"])
                                   if c.rule["kind"] == "all" else "")
+        amended = "".join(f" **Amended {a['date']}:** {_cell(a['change'])}" for a in c.rule.get("amended", ()))
         out.append(f"**{c.id}** (written {c.rule_written}; {kinds}; sources "
-                   f"{', '.join(c.sources)}). {_cell(c.rule['prose'])}\n")
+                   f"{', '.join(c.sources)}). {_cell(c.rule['prose'])}{amended}\n")
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -10,7 +10,9 @@ Rule kinds (keys as in ``seeds/claims.yaml``; validated by :mod:`archcmp.claims.
   ``equal`` it counts for when the interval is inside ``[-margin, margin]`` and against when it
   is wholly outside. Supported if >= m conditions count for (``min_conditions``, or
   ``min_fraction`` of the conditions listed or present), refuted if >= m count against.
-* ``criterion``: a ``criterion.json``; ``on_met`` / ``on_not_met`` give the verdict.
+* ``criterion``: a ``criterion.json``; ``on_met`` / ``on_not_met`` give the verdict. A criterion
+  whose prerequisite failed (``"prerequisite_met": false``) was not judged: inconclusive, whatever
+  ``on_not_met`` says.
 * ``fit_comparison``: one fitted parameter of two groups from a fit table; the claimed
   direction holds if the intervals do not overlap; overlapping intervals or a flagged fit are
   inconclusive.
@@ -197,6 +199,13 @@ def _criterion(rule, path) -> Outcome:
     if met is None:  # pre-registered, not finished: no verdict either way
         return Outcome(NOT_RUN, "criterion", n_seeds=data["n_seeds"], reason=f"unfinished: {data['status']}",
                        evidence=[f"criterion: {' '.join(data['criterion'].split())}", f"status: {data['status']}"])
+    if data.get("prerequisite_met", True) is False:  # the criterion was not judged: no verdict either way
+        pre = data.get("prerequisite")
+        lines = [f"criterion: {' '.join(data['criterion'].split())}",
+                 f"prerequisite not met (n_seeds={data['n_seeds']})" + (f": {' '.join(pre.split())}"
+                                                                        if isinstance(pre, str) else "")]
+        return Outcome(INCONCLUSIVE, "criterion", n_seeds=data["n_seeds"],
+                       reason="prerequisite not met (not judged)", evidence=lines)
     verdict = rule["on_met"] if met else rule["on_not_met"]
     extras = [f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in sorted(data.items())
               if k not in ("criterion", "met", "n_seeds") and isinstance(v, (int, float, str, bool))]

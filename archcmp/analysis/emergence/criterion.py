@@ -7,7 +7,9 @@
    for m = per-token accuracy, token edit distance and target log-likelihood (B = breakthroughness).
 
 ``met`` is true only when both hold (for every architecture present), None when the sweep cannot
-decide (fewer than three sizes).
+decide (fewer than three sizes). When the prerequisite fails for any architecture, part 2 is not
+judged: ``prerequisite_met`` is false, ``met`` false and ``status`` says so (the claims engine reads
+this as inconclusive, not as evidence against Schaeffer et al.).
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ from archcmp.analysis.emergence.metrics import last_step
 SMOOTH_FOR_CRITERION = ("token_accuracy", "edit_distance", "target_loglik")
 
 
+def prerequisite_text(smallest_max: float, largest_min: float) -> str:
+    return (f"mean exact match over seeds <= {smallest_max:g} at the smallest size and >= {largest_min:g} "
+            "at the largest")
+
+
 def criterion_text(smallest_max: float, largest_min: float) -> str:
-    return (f"prerequisite: mean exact match over seeds <= {smallest_max:g} at the smallest size and >= "
-            f"{largest_min:g} at the largest; Schaeffer et al. 2023: the paired seed-bootstrap 95% interval of "
+    return (f"prerequisite: {prerequisite_text(smallest_max, largest_min)}; Schaeffer et al. 2023: the paired seed-bootstrap 95% interval of "
             "|B(exact match)| - |B(m)| is above 0 for m = per-token accuracy, token edit distance and target "
             "log-likelihood (B = breakthroughness across sizes)")
 
@@ -62,10 +68,17 @@ def judge(long_df: pd.DataFrame, seed_smooth: pd.DataFrame, smallest_max: float 
                           else None, "smallest_exact_match": small, "largest_exact_match": large,
                           "sizes": table, "smoothness": smooth, "breakthroughness_gap_exact_minus_metric": gaps}
     met = None if any(v is None for v in verdicts) or incomplete else all(verdicts)
+    prereq_all = all(a["prerequisite_met"] for a in per_arch.values())
     out = {"criterion": criterion_text(smallest_max, largest_min), "met": met,
-           "n_seeds": min(n_seeds) if n_seeds else 0}
+           "n_seeds": min(n_seeds) if n_seeds else 0,
+           "prerequisite": prerequisite_text(smallest_max, largest_min)}
     if incomplete:
         out["status"] = f"partial: {len(incomplete)} run(s) still training ({', '.join(sorted(incomplete))})"
     elif met is None:
         out["status"] = "undecided: fewer than three sizes per architecture"
+    else:
+        out["prerequisite_met"] = prereq_all
+        if not prereq_all:
+            failed = sorted(a for a, v in per_arch.items() if not v["prerequisite_met"])
+            out["status"] = f"not judged: prerequisite not met ({', '.join(failed)})"
     return {**out, "per_arch": per_arch}
