@@ -144,3 +144,20 @@ def test_runs_still_training_leave_a_group_undecided_until_settled():
     v = across.across_criterion(across.group_verdicts(t.assign(complete=t["arch"] == "decoder")), 0.4,
                                 archs=("decoder", "encoder"))
     assert not v["met"] and v["decided"]
+
+
+def test_across_figures_are_written(tmp_path):
+    from matplotlib.image import imread
+
+    spec = {("decoder", 0.3): [(100, None)] * 3, ("decoder", 0.4): [(100, 1000)] * 3,
+            ("encoder", 0.4): [(100, 1000), (100, 1500), (100, None)]}
+    parts = []
+    for (arch, frac), seeds in spec.items():
+        for s, (t_train, t_val) in enumerate(seeds):
+            parts.append(_curve(f"{arch}{frac}{s}", 1.0, s, t_train, t_val).assign(arch=arch, train_frac=frac))
+    curves = pd.concat(parts)
+    t = summarize(curves, 0.95, 0.99, 5)
+    t = t.assign(complete=t["arch"] == "decoder")  # the encoder still training: drawn as a lower bound
+    across.plot_heldout_by_arch(curves, tmp_path / "a.png")
+    across.plot_delay_vs_fraction(t, across.group_verdicts(t), tmp_path / "b.png")
+    assert imread(tmp_path / "a.png").shape[1] >= 600 and imread(tmp_path / "b.png").shape[0] >= 300
