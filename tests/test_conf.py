@@ -50,6 +50,9 @@ def test_experiment_file_sets_nothing_to_its_default(experiment):
     raw = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
     groups = {}
     for entry in raw.pop("defaults", []):
+        if isinstance(entry, str):  # another experiment file it builds on: compared against that one
+            groups["experiment"] = entry
+            continue
         (key, choice), = entry.items()
         groups[key.removeprefix("override /")] = choice
     base_choices = compose_cfg([], return_hydra_config=True).hydra.runtime.choices

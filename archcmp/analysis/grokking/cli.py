@@ -16,8 +16,17 @@ later; without weight decay, every seed's held-out accuracy stays below the thre
 until the step at which the same seed with weight decay reached it.
 
 Writes into ``--out``: ``curves.csv``, ``summary.json`` (per run), ``delays.csv``,
-``criterion.json``, ``table.md`` and ``grokking.png`` (rows: arch x train fraction; columns:
-exact match, loss, parameter norm vs step on a log axis; one line per seed).
+``criterion_measured.json`` (when there are runs without weight decay), ``table.md`` and
+``grokking.png`` (rows: arch x train fraction; columns: exact match, loss, parameter norm vs step on
+a log axis; one line per seed).
+
+Across architectures and fractions (:mod:`archcmp.analysis.grokking.across`, experiment=grokking_archs),
+from the weight-decay runs: ``groups.csv`` (per arch x fraction: groks on every seed, t_train /
+t_val / ratio with 95% intervals, censored when a seed never generalised), ``arch_pairs.csv``,
+``fraction_slopes.csv``, ``seeds.csv`` (claims seed table: smallest fraction that generalised, per
+arch and seed), ``heldout_by_arch.png`` and ``delay_vs_fraction.png``; with
+``--reference-fraction F`` also ``criterion.json``: every architecture of ``--archs`` groks on every
+seed at F, ``partial`` listing the (arch, fraction) groups of ``--fractions`` not run.
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 from archcmp.analysis.emergence.plots import ARCH_ORDER, markdown_table
+from archcmp.analysis.grokking import across
+from archcmp.analysis.grokking.across import t_interval
 from archcmp.analysis.common.wandb_log import add_options, log_outputs
 from archcmp.analysis.common.cli import out_dir, probe_parser
 
@@ -43,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grok-delay", type=float, default=5.0,
                    help="val/train step ratio that counts as delayed generalisation (default 5)")
     p.add_argument("--linear-x", action="store_true", help="linear step axis (default log)")
+    p.add_argument("--reference-fraction", type=float, default=None,
+                   help="write criterion.json: every --archs groks on every seed at this train fraction")
+    p.add_argument("--archs", default=",".join(ARCH_ORDER), help="architectures the sweep should hold (comma list)")
+    p.add_argument("--fractions", default=None,
+                   help="train fractions the sweep should hold (comma list; missing groups mark it partial)")
+    p.add_argument("--include-running", action="store_true",
+                   help="also read runs still training (no summary.json yet): their curves so far; a group "
+                        "with such a run is reported as in progress")
     add_options(p)
     return p
 
@@ -62,11 +81,12 @@ def load_curves(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             print(f"grokking: skipping {d}: metrics.jsonl has no train_exact_match/eval_exact_match "
                   "(train with train.eval_train_examples > 0)", file=sys.stderr)
             continue
-        cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
-        summary = json.loads((d / "summary.json").read_text())
-        keys = {"run": summary.get("run_name", d.name), "arch": cfg.arch.name,
+        # a job still training has its resolved config.yaml but neither .hydra/ nor summary.json yet
+        cfg = OmegaConf.load(d / ".hydra" / "config.yaml" if (d / ".hydra").is_dir() else d / "config.yaml")
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        keys = {"run": summary.get("run_name", cfg.get("run_name", d.name)), "arch": cfg.arch.name,
                 "train_frac": float(cfg.task.params.train_frac), "weight_decay": float(cfg.optimizer.weight_decay),
-                "seed": int(cfg.seed)}
+                "seed": int(cfg.seed), "size": str(cfg.size.name), "complete": summary.get("status") == "complete"}
         ev = m.dropna(subset=["eval_exact_match", "train_exact_match"])
         ev = ev.drop_duplicates("step", keep="last").sort_values("step")
         evals.append(pd.DataFrame({**keys, "step": ev["step"].astype(int), "train_acc": ev["train_exact_match"],
@@ -77,6 +97,21 @@ def load_curves(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             norms.append(pd.DataFrame({**keys, "step": pn["step"].astype(int), "param_norm": pn["param_norm"]}))
     cat = lambda f: pd.concat(f, ignore_index=True) if f else pd.DataFrame()  # noqa: E731
     return cat(evals), cat(norms)
+
+
+def running_run_dirs(paths) -> list[Path]:
+    """Run directories under ``paths`` still training: ``metrics.jsonl`` and ``config.yaml`` but no
+    ``summary.json`` yet (``--include-running``; runs set aside by train.overwrite are left out)."""
+    from archcmp.analysis.common.runs import is_set_aside
+
+    found = set()
+    for root in paths:
+        for m in Path(root).rglob("metrics.jsonl"):
+            d = m.parent
+            if (d / "config.yaml").exists() and not (d / "summary.json").exists() and not any(
+                    is_set_aside(part) for part in d.parts) and "analysis" not in d.relative_to(root).parts:
+                found.add(d)
+    return sorted(found)
 
 
 def first_step(steps: np.ndarray, acc: np.ndarray, threshold: float) -> float:
@@ -93,7 +128,8 @@ def summarize(curves: pd.DataFrame, threshold: float, train_threshold: float = 0
         s, tr, va = g["step"].to_numpy(), g["train_acc"].to_numpy(), g["val_acc"].to_numpy()
         t_train, t_val = first_step(s, tr, train_threshold), first_step(s, va, threshold)
         delay = t_val / t_train if np.isfinite(t_val) and np.isfinite(t_train) else np.nan
-        rows.append({"run": run, "arch": arch, "train_frac": frac, "weight_decay": wd, "seed": seed,
+        extra = {k: g[k].iloc[0] for k in ("size", "complete") if k in g.columns}
+        rows.append({"run": run, "arch": arch, **extra, "train_frac": frac, "weight_decay": wd, "seed": seed,
                      "steps": int(s.max()), "train_reached_at": t_train, "val_reached_at": t_val,
                      "delay_ratio": delay, "final_train_acc": float(tr[-1]), "final_val_acc": float(va[-1]),
                      "grokked": bool(np.isfinite(delay) and delay >= grok_delay)})
@@ -102,20 +138,6 @@ def summarize(curves: pd.DataFrame, threshold: float, train_threshold: float = 0
     return t.assign(_o=t["arch"].map(order)).sort_values(
         ["_o", "train_frac", "weight_decay", "seed"], ascending=[True, True, False, True]).drop(
         columns="_o").reset_index(drop=True)
-
-
-def t_interval(values) -> tuple[float, float, float, int]:
-    """(mean, lo, hi, n): the 95% Student-t interval of the mean over the finite values."""
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return np.nan, np.nan, np.nan, 0
-    if v.size == 1:
-        return float(v[0]), np.nan, np.nan, 1
-    half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), int(v.size)
 
 
 def delays(table: pd.DataFrame) -> pd.DataFrame:
@@ -208,10 +230,19 @@ def run_cli(argv: list[str]) -> int:
         print(f"grokking: error: --grok-delay={args.grok_delay}: must be >= 1", file=sys.stderr)
         return 2
     try:
-        run_dirs = locate_runs(args.paths)
-    except FileNotFoundError as err:
+        expected = _expected_groups(args)
+    except ValueError as err:
         print(f"grokking: error: {err}", file=sys.stderr)
         return 2
+    try:
+        run_dirs = locate_runs(args.paths)
+    except FileNotFoundError as err:
+        if not args.include_running:
+            print(f"grokking: error: {err}", file=sys.stderr)
+            return 2
+        run_dirs = []
+    if args.include_running:
+        run_dirs = sorted(set(run_dirs) | set(running_run_dirs(args.paths)))
     curves, norms = load_curves(run_dirs)
     if curves.empty:
         print("grokking: error: no run logged train and validation exact match", file=sys.stderr)
@@ -226,8 +257,10 @@ def run_cli(argv: list[str]) -> int:
     agg = delays(table)
     agg.to_csv(out / "delays.csv", index=False, float_format="%.6g")
     verdict = criterion(table, args.grok_delay)
-    (out / "criterion_measured.json").write_text(json.dumps(verdict, indent=1))
+    if (table["weight_decay"] == 0).any():  # the control rule needs runs without weight decay
+        (out / "criterion_measured.json").write_text(json.dumps(verdict, indent=1))
     plot_curves(curves, norms, out / "grokking.png", logx=not args.linear_x)
+    across_text, across_verdict = _across_outputs(out, curves, table, args, expected)
     text = ["# Grokking", "", f"Command: `archcmp-analyze grokking {' '.join(map(str, argv))}`  ",
             f"`train_reached_at`: first evaluation with train exact match ≥ {args.train_threshold}; "
             f"`val_reached_at`: first with held-out exact match ≥ {args.threshold} (nan: never); "
@@ -235,7 +268,9 @@ def run_cli(argv: list[str]) -> int:
             "## Per (arch, train fraction, weight decay): mean [95% t-interval] over seeds", "",
             markdown_table(agg, index=False, floatfmt=".4g"), "", "## Per run", "",
             markdown_table(table.drop(columns="run"), index=False, floatfmt=".4g"), "",
-            f"Criterion met: **{verdict['met']}** (details in criterion_measured.json)", ""]
+            *across_text]
+    if (table["weight_decay"] == 0).any():
+        text += [f"Criterion (weight decay vs control) met: **{verdict['met']}** (details in criterion_measured.json)", ""]
     (out / "table.md").write_text("\n".join(text))
     if args.wandb:
         log_outputs(args, "grokking", out,
@@ -243,5 +278,59 @@ def run_cli(argv: list[str]) -> int:
                      "table_md": out / "table.md"},
                     summary={f"{r['arch']}/f{r['train_frac']:g}/wd{r['weight_decay']:g}/s{r['seed']}/final_val_acc":
                              r["final_val_acc"] for _, r in table.iterrows()})
-    print(f"grokking: {table['run'].nunique()} runs; criterion met: {verdict['met']}; wrote {out}/table.md")
+    met = across_verdict["met"] if across_verdict else verdict["met"]
+    print(f"grokking: {table['run'].nunique()} runs; criterion met: {met}; wrote {out}/table.md")
     return 0
+
+
+def _expected_groups(args) -> tuple[list[str], list[float] | None]:
+    """--archs and --fractions parsed and checked (a ValueError naming the option and value)."""
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCH_ORDER]
+    if not archs or bad:
+        raise ValueError(f"--archs={args.archs}: each must be one of {', '.join(ARCH_ORDER)}")
+    fracs = None
+    if args.fractions is not None:
+        try:
+            fracs = [float(f) for f in args.fractions.split(",")]
+        except ValueError:
+            fracs = []
+        if not fracs or not all(0 < f < 1 for f in fracs):
+            raise ValueError(f"--fractions={args.fractions}: must be a comma list of numbers in (0, 1)")
+    if args.reference_fraction is not None and not 0 < args.reference_fraction < 1:
+        raise ValueError(f"--reference-fraction={args.reference_fraction}: must be in (0, 1)")
+    return archs, fracs
+
+
+def _across_outputs(out: Path, curves: pd.DataFrame, table: pd.DataFrame, args, expected) -> tuple[list[str], dict | None]:
+    """The across-architecture files (weight-decay runs); returns table.md lines and the verdict
+    of ``--reference-fraction`` (None without it)."""
+    groups = across.group_verdicts(table, args.grok_delay)
+    if groups.empty:
+        return [], None
+    pairs, slopes = across.compare_archs(groups), across.fraction_slopes(table)
+    groups.drop(columns="val_reached_at_per_seed").to_csv(out / "groups.csv", index=False, float_format="%.6g")
+    pairs.to_csv(out / "arch_pairs.csv", index=False, float_format="%.6g")
+    slopes.to_csv(out / "fraction_slopes.csv", index=False, float_format="%.6g")
+    across.threshold_fractions(table).to_csv(out / "seeds.csv", index=False, float_format="%.6g")
+    across.plot_heldout_by_arch(curves, out / "heldout_by_arch.png", logx=not args.linear_x)
+    across.plot_delay_vs_fraction(table, groups, out / "delay_vs_fraction.png")
+    verdict = None
+    if args.reference_fraction is not None:
+        archs, fracs = expected
+        verdict = across.across_criterion(groups, args.reference_fraction, archs, fracs)
+        (out / "criterion.json").write_text(json.dumps(verdict, indent=1))
+    show = groups[["arch", "train_frac", "n_seeds", "n_generalised", "n_grokked", "groks_every_seed", "censored",
+                   "train_reached_at", "val_reached_at", "val_reached_at_lo", "val_reached_at_hi",
+                   "delay_ratio", "delay_ratio_lo", "delay_ratio_hi"]]
+    text = ["## With weight decay, per (arch, train fraction): groks on every seed? mean [95% interval]", "",
+            "Censored: a seed never reached the held-out threshold, so no interval is given.", "",
+            markdown_table(show, index=False, floatfmt=".4g"), "",
+            "## Architectures compared on steps to the held-out threshold (non-overlapping intervals)", "",
+            markdown_table(pairs, index=False, floatfmt=".4g") if len(pairs) else "(one architecture per fraction)", "",
+            "## log10(steps to held-out threshold) vs train fraction, per architecture", "",
+            markdown_table(slopes, index=False, floatfmt=".4g"), ""]
+    if verdict is not None:
+        text += [f"Criterion (every architecture groks on every seed at fraction {args.reference_fraction:g}) "
+                 f"met: **{verdict['met']}**" + (" (partial sweep: groups missing)" if verdict["partial"] else ""), ""]
+    return text, verdict
