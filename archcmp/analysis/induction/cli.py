@@ -192,12 +192,13 @@ def probe_set(run, tasks, examples: int):
     repeat = np.zeros_like(first)
     for i, ex in enumerate(exs):
         if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
-            n, start, gap = len(ex.inputs), 1, 1
-        else:  # prompt='none': BOS SEP [filler] x x [filler] EOS, target t at input position t + 2
-            at, n = task.repeat_span(ex)
-            start, gap = at + 2, 0
-        first[i, start:start + n - 1] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
-        repeat[i, start + n + gap:start + 2 * n + gap - 1] = True  # the same within the repeat
+            n = len(ex.inputs)
+            first[i, 1:n] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
+            repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
+        else:  # prompt='none': BOS SEP targets EOS, target t at input position t + 2, predicted at t + 1
+            f, r = task.scored_targets(ex)
+            first[i, f + 1] = True
+            repeat[i, r + 1] = True
     symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
