@@ -328,7 +328,7 @@ def plot_head_maps(heads: pd.DataFrame, out: Path, scores=("prefix_matching", "p
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
             ax.set_xticks(range(m.shape[1]), [f"H{h}" for h in m.columns])
             ax.set_yticks(range(m.shape[0]), [f"L{l}" for l in m.index])
-            ax.set_title(f"{run} step {int(g['step'].max())}: {s.replace('_', ' ')}", fontsize=7)
+            ax.set_title(f"...{run[-12:]} step {int(g['step'].max())}:\n{s.replace('_', ' ')}", fontsize=7)
         fig.colorbar(im, ax=row[-1], shrink=0.8)
     fig.savefig(out, dpi=110)
 
