@@ -48,6 +48,8 @@ def make_batch(rng: np.random.Generator, args) -> tuple[np.ndarray, np.ndarray, 
             rep[b, 2 + n:2 + 2 * n - 1] = True
         return tok, valid, rep
     T = args.seq_len
+    if args.layout == "pairs":
+        return _pairs_batch(rng, args)
     tok = rng.integers(0, V, (B, T)).astype(np.int32)
     rep = np.zeros((B, T - 1), bool)
     for b in range(B):
@@ -56,6 +58,36 @@ def make_batch(rng: np.random.Generator, args) -> tuple[np.ndarray, np.ndarray, 
         tok[b, s + n:s + 2 * n] = tok[b, s:s + n]
         rep[b, s + n:s + 2 * n - 1] = True
     return tok, np.ones((B, T - 1), bool), rep
+
+
+def _pairs_batch(rng: np.random.Generator, args):
+    """``pairs`` layout: per row, K fresh trigger symbols (distinct), each with a random answer drawn
+    from the other symbols; each trigger-answer pair sits at n random non-overlapping places in a row
+    of random filler symbols (fillers never equal a trigger). Only the token right before an answer
+    (its trigger) says what it is, so a look-back other than 1 does not help. rep marks the inputs
+    that are a trigger's 2nd..n-th occurrence (their target is a predictable answer)."""
+    B, V, T, K, n = args.batch, args.vocab, args.seq_len, args.pairs, args.occurrences
+    tok = np.zeros((B, T), np.int32)
+    rep = np.zeros((B, T - 1), bool)
+    first = np.zeros((B, T - 1), bool)
+    for b in range(B):
+        perm = rng.permutation(V)
+        trig, rest = perm[:K], perm[K:]
+        ans = rng.choice(rest, K)
+        row = rng.choice(rest, T)
+        # K*n slots of width 2 at random non-overlapping places: choose gaps
+        slots = K * n
+        free = T - 2 * slots
+        cuts = np.sort(rng.integers(0, free + 1, slots))
+        starts = cuts + 2 * np.arange(slots)
+        order = rng.permutation(np.repeat(np.arange(K), n))
+        seen = set()
+        for s0, j in zip(starts, order):
+            row[s0], row[s0 + 1] = trig[j], ans[j]
+            (rep if j in seen else first)[b, s0] = True
+            seen.add(j)
+        tok[b] = row
+    return tok, np.ones((B, T - 1), bool), rep, first
 
 
 # ----------------------------------------------------------------------------- model
@@ -125,7 +157,9 @@ def head_scores(pats, tok, rep):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", type=int, default=64)
-    ap.add_argument("--layout", choices=("archcmp", "filler"), default="filler")
+    ap.add_argument("--layout", choices=("archcmp", "filler", "pairs"), default="filler")
+    ap.add_argument("--pairs", type=int, default=6, help="pairs layout: trigger-answer pairs per row")
+    ap.add_argument("--occurrences", type=int, default=3, help="pairs layout: places each pair appears")
     ap.add_argument("--lmin", type=int, default=8)
     ap.add_argument("--lmax", type=int, default=24)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -160,9 +194,10 @@ def main(argv=None):
         upd, s = opt.update(g, s, p)
         return optax.apply_updates(p, upd), s, loss
 
-    eval_tok, eval_valid, eval_rep = make_batch(np.random.default_rng(10_000 + args.seed), argparse.Namespace(**{**vars(args), "batch": 256}))
+    eval_batch = make_batch(np.random.default_rng(10_000 + args.seed), argparse.Namespace(**{**vars(args), "batch": 256}))
+    eval_tok, eval_valid, eval_rep = eval_batch[:3]
     ev = jax.jit(token_loss)
-    first = np.zeros_like(eval_rep)
+    first = eval_batch[3] if len(eval_batch) > 3 else np.zeros_like(eval_rep)
     if args.layout == "archcmp":  # first occurrence tokens 2..L: inputs at 2..L
         for b in range(len(first)):
             n = int(eval_rep[b].sum()) + 1
@@ -188,7 +223,7 @@ def main(argv=None):
                     pickle.dump(jax.tree.map(np.asarray, params), f)
         if i == args.steps:
             break
-        tok, valid, _ = make_batch(rng, args)
+        tok, valid = make_batch(rng, args)[:2]
         params, state, _ = step(params, state, tok, valid)
 
 

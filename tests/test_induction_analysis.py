@@ -177,8 +177,8 @@ def test_induction_cli_end_to_end(tmp_path):
 
     over = [o for o in TINY if not o.startswith("task.seq_len")]
     cfg = compose_cfg(["experiment=induction", *over, "train.num_seeds=1", "task.seq_len=28",
-                       "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.length=[6,10]",
-                       "task.params.filler=4",
+                       "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.pairs=3",
+                       "task.params.occurrences=2", "task.params.filler=8",
                        "model.pos_encoding=relative", "hydra.mode=RUN"])
     run_dir = tmp_path / "runs" / "r0"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -196,5 +196,5 @@ def test_induction_cli_end_to_end(tmp_path):
     assert (heads["lookback_score"] >= heads["previous_token"] - 1e-12).all()
     verdict = json.loads((out / "criterion_measured.json").read_text())
     assert verdict["n_seeds"] == 1 and verdict["met"] is False
-    for name in ("losses.png", "heads.png", "table.md", "phase.csv"):
+    for name in ("losses.png", "heads.png", "head_maps.png", "table.md", "phase.csv"):
         assert (out / name).stat().st_size > 0

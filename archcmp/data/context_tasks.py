@@ -75,11 +75,32 @@ class InductionTask(SampledTask):
     every repeat starts at the same place relative to the row start (position 2 + L), so a model with
     absolute positions can find the earlier occurrence by position arithmetic instead of by content;
     the random offset removes that route. :meth:`repeat_span` locates the pair in an example.
+
+    ``layout='pairs'`` (``prompt='none'`` only; ``length`` unused): trigger -> answer pairs scattered
+    through random filler, fresh per example. K = ``pairs`` distinct trigger symbols are drawn, each
+    with an answer drawn from the other symbols; each pair (trigger followed by its answer) is placed
+    at ``occurrences`` random non-overlapping places among ``filler`` random symbols that are never a
+    trigger: targets = ``body EOS`` with 2 K occurrences + filler body tokens. An answer's first
+    occurrence is unpredictable; every later one is predicted exactly by finding the trigger's
+    earlier occurrence and copying the token after it (a previous-token head feeding an induction
+    head). The tokens before a trigger are random, so no look-back other than the previous token
+    and no position rule helps (the segment layout leaves a strided look-back and positions open).
+    :meth:`scored_targets` gives the first and the later answers' positions.
     """
 
     def __init__(self, length=(8, 24), n_symbols: int = 26, prompt: str = "none", tokens: str = "letters",
-                 filler: int = 0):
+                 filler: int = 0, layout: str = "segment", pairs: int = 6, occurrences: int = 3):
         self.length = int_range("induction", "length", length, 2, 256)
+        if layout not in ("segment", "pairs"):
+            raise bad_param("induction", "layout", layout, "'segment' or 'pairs'")
+        for key, value, lo, hi in (("pairs", pairs, 1, 256), ("occurrences", occurrences, 2, 64)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise bad_param("induction", key, value, f"an int in [{lo}, {hi}]")
+        if layout == "pairs" and prompt != "none":
+            raise bad_param("induction", "layout", layout, "'segment' with prompt='first'")
+        if layout == "pairs" and not pairs + 2 <= n_symbols:
+            raise bad_param("induction", "pairs", pairs, f"at most n_symbols - 2 = {n_symbols - 2}")
+        self.layout, self.pairs, self.occurrences = layout, int(pairs), int(occurrences)
         if tokens not in ("letters", "symbols"):
             raise bad_param("induction", "tokens", tokens, "'letters' or 'symbols'")
         most = 26 if tokens == "letters" else 1024
@@ -98,12 +119,33 @@ class InductionTask(SampledTask):
         else:
             self._chars = residue_chars(self.n_symbols)
             self.tokenizer = CharTokenizer(self._chars)
-        self.max_tokens = 2 * self.length[1] + 1 + self.filler
+        if layout == "pairs":
+            self.max_tokens = 2 * self.pairs * self.occurrences + self.filler + 1
+        else:
+            self.max_tokens = 2 * self.length[1] + 1 + self.filler
+
+    def _encode(self, idx) -> np.ndarray:
+        return self.tokenizer.encode("".join(self._chars[int(i)] for i in idx))
 
     def _symbols(self, rng, n: int) -> np.ndarray:
-        return self.tokenizer.encode("".join(self._chars[int(i)] for i in rng.integers(0, self.n_symbols, size=n)))
+        return self._encode(rng.integers(0, self.n_symbols, size=n))
+
+    def _draw_pairs(self, rng):
+        k, n = self.pairs, self.occurrences
+        perm = rng.permutation(self.n_symbols)
+        triggers, others = perm[:k], perm[k:]
+        answers = rng.choice(others, size=k)
+        body = rng.choice(others, size=2 * k * n + self.filler)  # filler everywhere, pairs written over it
+        # k*n slots of two tokens at random non-overlapping places: sorted gaps taken from the filler
+        starts = np.sort(rng.integers(0, self.filler + 1, size=k * n)) + 2 * np.arange(k * n)
+        which = rng.permutation(np.repeat(np.arange(k), n))  # the pair at each slot
+        body[starts], body[starts + 1] = triggers[which], answers[which]
+        targets = np.append(self._encode(body), vocab.EOS).astype(np.int32)
+        return targets.tobytes(), Example(targets[:0], targets)
 
     def _draw(self, rng):
+        if self.layout == "pairs":
+            return self._draw_pairs(rng)
         n = int(rng.integers(self.length[0], self.length[1] + 1))
         x = self._symbols(rng, n)
         if self.prompt == "first":
@@ -127,6 +169,29 @@ class InductionTask(SampledTask):
             if np.array_equal(t[start:start + n], t[start + n:start + 2 * n]):
                 return start, n
         raise ValueError(f"induction: no repeated segment of length {n} in {t.tolist()}")
+
+    def scored_targets(self, ex: Example) -> tuple[np.ndarray, np.ndarray]:
+        """(first, repeat): indices into ``ex.targets`` of the tokens whose loss the analysis reads.
+        ``repeat``: tokens predictable only from the context (segment layout: repeat tokens 2..L;
+        pairs layout: the answers after a trigger's 2nd..n-th occurrence); ``first``: their first
+        occurrence (segment tokens 2..L; each pair's first answer), unpredictable.
+
+        Pairs are found from the tokens: a trigger is a symbol that occurs exactly ``occurrences``
+        times, never last, followed each time by the same token (a run of filler that happens to
+        behave so is scored as a pair: it is just as predictable)."""
+        if self.layout == "segment":
+            if self.prompt == "first":
+                raise ValueError("induction: scored_targets reads the prompt='none' layout")
+            at, n = self.repeat_span(ex)
+            return np.arange(at + 1, at + n), np.arange(at + n + 1, at + 2 * n)
+        body = ex.targets[:-1]
+        first, repeat = [], []
+        for sym in np.unique(body):
+            at = np.flatnonzero(body == sym)
+            if len(at) == self.occurrences and at[-1] + 1 < len(body) and len(set(body[at + 1].tolist())) == 1:
+                first.append(at[0] + 1)
+                repeat.extend(at[1:] + 1)
+        return np.sort(np.array(first, int)), np.sort(np.array(repeat, int))
 
 
 @register_task("infill")

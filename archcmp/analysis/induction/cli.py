@@ -23,7 +23,8 @@ ln(n_symbols), its 10-90% window is at most ``--max-window`` (default 0.5) of th
 ends, and the prefix-matching step lies in that window (widened by one checkpoint interval).
 
 Writes ``per_step.csv`` (loss metrics per run and step), ``heads.csv`` (per run, step, layer,
-head), ``phase.csv``, ``criterion_measured.json``, ``table.md``, ``losses.png`` and ``heads.png``.
+head), ``phase.csv``, ``criterion_measured.json``, ``table.md``, ``losses.png``, ``heads.png`` and
+``head_maps.png`` (layer x head scores at the last checkpoint).
 """
 from __future__ import annotations
 
@@ -139,12 +140,16 @@ def phase_change(per_step: pd.DataFrame, heads: pd.DataFrame, pm_threshold: floa
         strided = (top.groupby("step")["strided_matching"].max().sort_index() if "strided_matching" in top
                    else last)
         interval = float(np.median(np.diff(g["step"]))) if len(g) > 1 else np.nan
+        end = h[h["step"] == h["step"].max()]
+        prev1 = end[end["layer"] == h["layer"].min()].get("previous_token", pd.Series(dtype=float))
         rows.append({"run": run, "arch": g["arch"].iloc[0], "seed": int(g["seed"].iloc[0]),
                      "n_symbols": int(g["n_symbols"].iloc[0]), **w, "interval": interval,
                      "pm_step": first_reach(last.index, last.values, pm_threshold),
                      "final_pm": float(last.iloc[-1]) if len(last) else np.nan,
                      "strided_step": first_reach(strided.index, strided.values, pm_threshold),
                      "final_strided": float(strided.iloc[-1]) if len(strided) else np.nan,
+                     "max_pm": float(last.max()) if len(last) else np.nan,
+                     "final_l1_previous_token": float(prev1.max()) if len(prev1) else np.nan,
                      "final_repeat_loss": float(g["repeat_loss"].iloc[-1]),
                      "final_first_loss": float(g["first_loss"].iloc[-1])})
     return pd.DataFrame(rows)
@@ -192,12 +197,13 @@ def probe_set(run, tasks, examples: int):
     repeat = np.zeros_like(first)
     for i, ex in enumerate(exs):
         if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
-            n, start, gap = len(ex.inputs), 1, 1
-        else:  # prompt='none': BOS SEP [filler] x x [filler] EOS, target t at input position t + 2
-            at, n = task.repeat_span(ex)
-            start, gap = at + 2, 0
-        first[i, start:start + n - 1] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
-        repeat[i, start + n + gap:start + 2 * n + gap - 1] = True  # the same within the repeat
+            n = len(ex.inputs)
+            first[i, 1:n] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
+            repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
+        else:  # prompt='none': BOS SEP targets EOS, target t at input position t + 2, predicted at t + 1
+            f, r = task.scored_targets(ex)
+            first[i, f + 1] = True
+            repeat[i, r + 1] = True
     symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
@@ -266,8 +272,12 @@ def plot_losses(per_step: pd.DataFrame, phase: pd.DataFrame, out: Path):
         r = phase[phase["run"] == run]
         if len(r) and np.isfinite(r["t10"].iloc[0]):
             ax1.axvspan(r["t10"].iloc[0], r["t90"].iloc[0], color=f"C{i}", alpha=0.08)
+        if len(r) and np.isfinite(r["pm_step"].iloc[0]):
+            for ax in (ax1, ax2):
+                ax.axvline(r["pm_step"].iloc[0], color=f"C{i}", ls=":", lw=1)
     ax1.set_ylabel("cross-entropy (nats/token)")
-    ax1.set_title("loss on the first vs the repeated occurrence (shaded: 10-90% drop)", fontsize=9)
+    ax1.set_title("first vs repeated occurrence (shaded: 10-90% drop; dotted: layer-2 prefix matching >= 0.5)",
+                  fontsize=8)
     ax2.set_ylabel("repeat loss - first loss (nats)")
     ax2.set_title("in-context learning score", fontsize=9)
     for ax in (ax1, ax2):
@@ -298,6 +308,28 @@ def plot_heads(heads: pd.DataFrame, out: Path):
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=6, ncol=2)
+    fig.savefig(out, dpi=110)
+
+
+def plot_head_maps(heads: pd.DataFrame, out: Path, scores=("prefix_matching", "previous_token")):
+    """Heatmaps (layer x head) of each run's head scores at its last checkpoint."""
+    from matplotlib.figure import Figure
+
+    runs = list(dict.fromkeys(heads["run"]))
+    fig = Figure(figsize=(3.2 * len(scores), 1.6 + 1.2 * len(runs)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), len(scores), squeeze=False))
+    for row, run in zip(axes, runs):
+        g = heads[heads["run"] == run]
+        g = g[g["step"] == g["step"].max()]
+        for ax, s in zip(row, scores):
+            m = g.pivot(index="layer", columns="head", values=s).sort_index()  # [L, H]
+            im = ax.imshow(m.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for (i, j), v in np.ndenumerate(m.values):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+            ax.set_xticks(range(m.shape[1]), [f"H{h}" for h in m.columns])
+            ax.set_yticks(range(m.shape[0]), [f"L{l}" for l in m.index])
+            ax.set_title(f"...{run[-12:]} step {int(g['step'].max())}:\n{s.replace('_', ' ')}", fontsize=7)
+        fig.colorbar(im, ax=row[-1], shrink=0.8)
     fig.savefig(out, dpi=110)
 
 
@@ -339,6 +371,7 @@ def run_cli(argv: list[str]) -> int:
     (out / "criterion_measured.json").write_text(json.dumps(verdict, indent=1, default=float))
     plot_losses(per_step, phase, out / "losses.png")
     plot_heads(heads, out / "heads.png")
+    plot_head_maps(heads, out / "head_maps.png")
     final = heads[heads["step"] == heads.groupby("run")["step"].transform("max")]
     text = ["# Induction heads", "", f"Command: `archcmp-analyze induction {' '.join(map(str, argv))}`", "",
             "## Phase change per run", "", markdown_table(phase, index=False, floatfmt=".4g"), "",
