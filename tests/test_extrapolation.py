@@ -1,6 +1,5 @@
 """ALiBi and length extrapolation: published slopes, literal biases, every encoding at 2x the
 training length (learned: a clear error), the task scaling rule and the analysis CLI end to end."""
-import json
 
 import jax.numpy as jnp
 import numpy as np

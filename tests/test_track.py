@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import struct
 import time
 import warnings
 from pathlib import Path

@@ -144,7 +144,7 @@ def gguf_path(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def load_pretrained(path: str | Path) -> "Loaded":
+def load_pretrained(path: str | Path) -> "Loaded":  # noqa: F821 - imported inside (no cycle)
     """A local checkpoint -> :class:`~archcmp.loading.loaded.Loaded` (model, config, tokenizer).
 
     ``path`` is a directory with ``config.json`` + ``*.safetensors`` (+ optional ``tokenizer.json``,

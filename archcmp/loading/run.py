@@ -12,7 +12,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from archcmp.model.config import ModelConfig
 from archcmp.loading.loaded import Loaded
