@@ -20,7 +20,7 @@ def main() -> None:
     args = ap.parse_args()
     from hydra import compose, initialize_config_dir
 
-    sizes = ["femto", "pico", "nano", "micro", "tiny", "small", "medium", "base"]
+    sizes = ["d8", "d12", "femto", "d24", "pico", "nano", "micro", "tiny", "small", "medium", "base"]
     print("| size | " + " | ".join(ARCHS) + " | max/min | single-stack shape | encdec shape |")
     print("|---" * (len(ARCHS) + 4) + "|")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

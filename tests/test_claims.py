@@ -350,3 +350,37 @@ def test_fit_table_fits_each_seed_when_there_are_three():
         r = t.loc[param]
         assert r["n_seeds"] == 3 and r["interval"] == "t over seeds" and r["flags"] == "", r.to_dict()
         assert r["lo"] <= truth <= r["hi"] and abs(r["estimate"] - truth) < 0.01
+
+
+def _ladder_frame(shift_top: float = 0.0):
+    """Three seeds of a 7-size ladder, L = 2 + 50 N^-0.3 with D = 20 N, C = 120 N^2, each point
+    scaled by a fixed +-0.5% wiggle; the largest size's loss moved by ``shift_top``."""
+    import numpy as np
+    import pandas as pd
+
+    N = np.geomspace(1e4, 1e7, 7)
+    wiggles = np.random.default_rng(0).uniform(-0.005, 0.005, size=(3, len(N)))
+    rows = []
+    for seed in range(3):
+        for i, n in enumerate(N):
+            loss = (2.0 + 50.0 * n ** -0.3) * (1 + wiggles[seed, i]) + (shift_top if i == len(N) - 1 else 0.0)
+            rows.append({"arch": "decoder", "seed": seed, "N": n, "D": 20 * n, "C": 120 * n * n, "eval_loss": loss})
+    return pd.DataFrame(rows)
+
+
+def test_ladder_holdout_puts_a_true_power_law_inside_and_a_shifted_top_outside():
+    """C21 on the ladder: each seed's L(C) fit on the six smaller sizes predicts the seventh. A
+    point on the curve lies inside the paired interval over seeds; the same point 0.3 nats higher
+    lies above it, and the rule engine turns the two into inside/outside votes."""
+    from archcmp.analysis.seeds import cli as seed_tables
+
+    on = seed_tables.ladder_extrapolation_table(_ladder_frame()).iloc[0]
+    truth = 2.0 + 50.0 * 1e7 ** -0.3  # 2.3152...
+    assert on["n_seeds"] == 3 and on["n_fit_points"] == 6 and on["flags"] == "", on.to_dict()
+    assert on["x_heldout"] == pytest.approx(120 * 1e14)
+    assert on["lo"] <= on["observed"] <= on["hi"]
+    assert abs(on["predicted"] - truth) < 0.02 and on["hi"] - on["lo"] < 0.1
+    off = seed_tables.ladder_extrapolation_table(_ladder_frame(shift_top=0.3)).iloc[0]
+    assert off["observed"] == pytest.approx(on["observed"] + 0.3)
+    assert off["predicted"] == pytest.approx(on["predicted"])  # the held-out size is not fitted
+    assert off["observed"] > off["hi"]

@@ -69,7 +69,7 @@ def test_experiment_file_sets_nothing_to_its_default(experiment):
 def test_size_ladder_is_parameter_matched_within_10_percent(task):
     vocab = make_task("addition").tokenizer.vocab_size if task == "addition" else 105
     previous = 0
-    sizes = ["femto", "pico", "nano", "micro", "tiny", "small", "medium", "base"]
+    sizes = ["d8", "d12", "femto", "d24", "pico", "nano", "micro", "tiny", "small", "medium", "base"]
     assert sorted(_options("size")) == sorted(sizes)
     for size in sizes:
         counts = {}

@@ -155,13 +155,22 @@ def ln_points(d: pd.DataFrame):
     IsoFLOP sweep, where D/N differs from size to size) the compute-frontier runs
     (:func:`frontier_runs`).
     """
+    g, r = ladder_runs(d)
+    if g is not None:
+        return g["N"].to_numpy(float), g["eval_loss"].to_numpy(float), f"runs at D/N ≈ {r:.2g}"
+    fn, fl = frontier_runs(d)
+    return fn, fl, "compute-frontier runs"
+
+
+def ladder_runs(d: pd.DataFrame):
+    """(runs, ratio): the runs of the largest tokens-per-parameter ratio D/N (one significant
+    figure) that covers three or more sizes, or (None, nan) when no ratio does."""
     ratio = round_sig((d["D"] / d["N"]).to_numpy(float))
     for r in sorted(np.unique(ratio[np.isfinite(ratio)]), reverse=True):
         g = d[ratio == r]
         if g["N"].nunique() >= 3:
-            return g["N"].to_numpy(float), g["eval_loss"].to_numpy(float), f"runs at D/N ≈ {r:.2g}"
-    fn, fl = frontier_runs(d)
-    return fn, fl, "compute-frontier runs"
+            return g, float(r)
+    return None, float("nan")
 
 
 def bootstrap_frontier(d: pd.DataFrame, *, n: int = 100, seed: int = 0, point: sf.PowerLawFit | None = None):

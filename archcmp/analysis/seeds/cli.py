@@ -11,7 +11,10 @@ writes, next to them, what :mod:`archcmp.claims` reads:
   degeneracy flags. With >= 3 seeds each seed is fitted on its own and the interval is a t-interval
   over seeds; with fewer it is the bootstrap over runs of the pooled fit (shown, never decisive);
 * ``scaling/extrapolation.csv``: the L(C) frontier fitted without its largest budget, the
-  prediction for that budget with a bootstrap interval, and the observed frontier loss.
+  prediction for that budget with a bootstrap interval, and the observed frontier loss;
+* ``scaling/ladder/extrapolation.csv`` (+ ``extrapolation.png``): per seed, the ladder's L(C)
+  fitted without its largest size and that size's predicted and observed loss; the interval is
+  the t-interval over seeds of predicted minus observed, paired by seed (C21).
 
 Seeds come from each run's ``seed`` column or its run name's ``-s<k>`` suffix.
 """
@@ -140,13 +143,104 @@ def extrapolation_table(d: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ladder_holdout(g: pd.DataFrame) -> dict:
+    """One architecture's ladder runs -> per seed, L(C) = E + A C^-gamma fitted to every size but
+    the largest, and the largest size's predicted and observed loss (C21 on the ladder).
+
+    Returns ``seeds``, ``predicted``, ``observed``, ``x_heldout`` (per seed), ``fits`` (per seed)
+    and the runs used; raises ``ValueError`` when the runs hold no ladder (>= 3 sizes at one D/N).
+    """
+    runs, _ = scaling.ladder_runs(g)
+    if runs is None:
+        raise ValueError("no tokens-per-parameter ratio covers >= 3 sizes")
+    top = runs["N"].max()
+    out = {"runs": runs, "seeds": [], "predicted": [], "observed": [], "x_heldout": [], "fits": []}
+    for s in sorted(runs["seed"].unique()):
+        rs = runs[runs["seed"] == s]
+        held, fit_runs = rs[rs["N"] == top], rs[rs["N"] < top]
+        if held.empty:
+            continue
+        fit = sf.fit_power_law(fit_runs["C"].to_numpy(float), fit_runs["eval_loss"].to_numpy(float))
+        x = float(held["C"].iloc[0])
+        out["seeds"].append(int(s))
+        out["fits"].append(fit)
+        out["x_heldout"].append(x)
+        out["predicted"].append(float(fit.predict(x)))
+        out["observed"].append(float(held["eval_loss"].iloc[0]))
+    return out
+
+
+def ladder_extrapolation_table(d: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture: each seed's L(C) fit on the smaller sizes predicts the largest size; the
+    interval is the 95% t-interval over seeds of (predicted - observed), paired by seed, placed
+    around the mean observed loss. So ``lo <= observed <= hi`` exactly when that interval
+    contains 0 (a single seed has no interval)."""
+    rows = []
+    for arch in sorted(d["arch"].unique()):
+        row = {"group": arch}
+        try:
+            h = ladder_holdout(d[d["arch"] == arch])
+            if not h["seeds"]:
+                raise ValueError("no seed has the largest size")
+        except (ValueError, RuntimeError) as exc:
+            row.update(x_heldout=np.nan, observed=np.nan, predicted=np.nan, lo=np.nan, hi=np.nan,
+                       n_seeds=0, n_fit_points=0, flags=f"not fitted: {exc}")
+            rows.append(row)
+            continue
+        obs = float(np.mean(h["observed"]))
+        m, lo, hi = mean_interval(np.subtract(h["predicted"], h["observed"]))
+        flags = sorted({f"seed {s}: {fl}" for s, f in zip(h["seeds"], h["fits"]) for fl in f.flags})
+        row.update(x_heldout=float(np.mean(h["x_heldout"])), observed=obs, predicted=obs + m,
+                   lo=obs + lo, hi=obs + hi, n_seeds=len(h["seeds"]),
+                   n_fit_points=min(f.n_points for f in h["fits"]), flags="; ".join(flags))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_ladder_holdout(d: pd.DataFrame, path: Path) -> Path:
+    """Per architecture: every seed's ladder points (loss vs training FLOPs), its fit on the
+    smaller sizes extended to the held-out largest size, and the held-out observation."""
+    from matplotlib.figure import Figure
+
+    archs = sorted(d["arch"].unique())
+    fig = Figure(figsize=(4.2 * len(archs), 3.6))
+    axes = fig.subplots(1, len(archs), squeeze=False)[0]
+    for ax, arch in zip(axes, archs):
+        try:
+            h = ladder_holdout(d[d["arch"] == arch])
+        except (ValueError, RuntimeError) as exc:
+            ax.set_title(f"{arch}: not fitted ({exc})", fontsize=8)
+            continue
+        runs = h["runs"]
+        for i, (s, fit, x, p, o) in enumerate(zip(h["seeds"], h["fits"], h["x_heldout"], h["predicted"],
+                                                  h["observed"])):
+            rs = runs[runs["seed"] == s].sort_values("C")
+            ax.plot(rs["C"], rs["eval_loss"], "o", color=f"C{i}", ms=4, label=f"seed {s}")
+            xs = np.geomspace(rs["C"].min(), x, 50)
+            ax.plot(xs, fit.predict(xs), "-", color=f"C{i}", lw=0.8, alpha=0.8)
+            ax.plot([x], [p], "x", color=f"C{i}", ms=8)
+            ax.plot([x], [o], "s", mfc="none", color=f"C{i}", ms=9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training FLOPs C")
+        ax.set_ylabel("eval loss (nats/char)")
+        ax.set_title(f"{arch}: fit without the largest size\n(x predicted, square observed)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def export_scaling(folder: Path, *, ladder: bool) -> list[Path]:
     d = scaling.prepare(_runs(folder / "runs.csv"))
     seeds = ladder_seed_table(d) if ladder else isoflop_seed_table(d)
+    extrapolation = ladder_extrapolation_table(d) if ladder else extrapolation_table(d)
     out = [_write(seeds, folder / "seeds.csv", SEED_COLUMNS),
-           _write(fit_table(d), folder / "fits.csv", FIT_COLUMNS)]
-    if not ladder:
-        out.append(_write(extrapolation_table(d), folder / "extrapolation.csv", PREDICTION_COLUMNS))
+           _write(fit_table(d), folder / "fits.csv", FIT_COLUMNS),
+           _write(extrapolation, folder / "extrapolation.csv", PREDICTION_COLUMNS)]
+    if ladder:
+        out.append(plot_ladder_holdout(d, folder / "extrapolation.png"))
     return out
 
 
