@@ -25,7 +25,7 @@ def _speaker_paragraphs(text: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("params", [{"label": "play"}, {"label": "speaker", "play": "macbeth", "n_classes": 3}])
+@pytest.mark.parametrize("params", [{"label": "play"}, {"label": "speaker", "play": "othello", "n_classes": 3}])
 def test_labels_recomputed_from_the_play_text(works, params):
     task = make_task("shakespeare_speech", **params)
     assert len(task.labels) == len(task.classes) == (4 if params["label"] == "play" else 3)
@@ -39,7 +39,7 @@ def test_labels_recomputed_from_the_play_text(works, params):
                  if np.array_equal(task.tokenizer.encode(body[:task.max_chars]), ex.inputs)]
         assert found, f"{task.tokenizer.decode(ex.inputs)!r} is not the start of a speech in {play}"
         if params["label"] == "speaker":
-            assert task.classes[c] + "." in found
+            assert task.classes[c] in [tag.rstrip(".") for tag in found]
 
 
 def test_splits_are_disjoint_deterministic_per_work_and_hold_every_class():
@@ -55,7 +55,7 @@ def test_splits_are_disjoint_deterministic_per_work_and_hold_every_class():
     assert not (seen["train"] & seen["validation"]) and not (seen["train"] & seen["test"])
     assert not (seen["validation"] & seen["test"])
     n = sum(len(v) for v in seen.values())
-    assert 0.85 < len(seen["train"]) / n < 0.95
+    assert 0.66 < len(seen["train"]) / n < 0.74
     again = make_task("shakespeare_speech")  # a fresh instance: the same examples, in the same order
     for split, seed in (("validation", 0), ("train", 3)):
         a = [task.example(split, seed, i) for i in range(30)]

@@ -14,14 +14,16 @@ Labels are the letters ``A``, ``B``, ... (one token each; class i is ``labels[i]
 works), so a model pre-trained on the complete works reads these examples with its own ids.
 
 Splits: deterministic and per work -- every speech of a work is assigned to train / validation /
-test by hashing (work, speech number), 90/5/5, so each play contributes to every split and the
-splits never share a speech. (Holding out whole works, as ``task=shakespeare`` does, is impossible
+test by hashing (work, speech number), 70/15/15 (a play has only some hundreds of speeches, so the
+held-out shares are larger than the 5% of the sampled tasks), so each play contributes to every
+split and the splits never share a speech. (Holding out whole works, as ``task=shakespeare`` does, is impossible
 here: the play, and the speakers who belong to it, are the label.) Training examples draw the
 class first, uniformly, then a speech of that class (balanced in expectation); validation and test
 are finite: every speech of the split once, in a seed-fixed order.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +33,25 @@ import numpy as np
 from archcmp.data import shakespeare, vocab
 from archcmp.data.downstream import ClassifyTask
 from archcmp.data.example import Example
-from archcmp.data.tasks import bad_param, check_split, hashed_split, register_task, task_rng
+from archcmp.data.tasks import bad_param, check_split, register_task, task_rng
 from archcmp.data.text_tasks import char_tokenizer
 from archcmp.data.tokenizers import default_cache_dir
 
-# a speaker tag: a capitalised name of up to four words ending in a full stop, alone on its line
-_TAG = re.compile(r"[A-Z][A-Za-z']*(?: [A-Za-z'&]+){0,3}\.")
+# a speaker tag, alone on its line: a capitalised name of up to four words ending in a full stop
+# (``Ham.``, ``LADY MACBETH.``), or a name in capitals without one (``HERMIA``, as some files write it)
+_TAG = re.compile(r"[A-Z][A-Za-z']*(?: [A-Za-z'&]+){0,3}\.|[A-Z][A-Z']*(?: [A-Z'&]+){0,3}")
 _NOT_SPEAKERS = {"Enter", "Exit", "Exeunt", "Re-enter", "Manet", "Flourish", "Alarum", "Alarums", "Sennet",
                  "SCENE", "Scene", "ACT", "Act", "Finis", "FINIS", "THE", "The"}
 DEFAULT_PLAYS = ("hamlet", "macbeth", "midsummer_nights_dream", "twelfth_night")
+
+
+SPLIT_FRACS = (0.70, 0.15, 0.15)  # train / validation / test share of the speeches
+
+
+def split_of(key: str) -> str:
+    """The split of a speech, from the sha256 of its key ``work:number`` (deterministic)."""
+    u = int.from_bytes(hashlib.sha256(b"shakespeare_speech:" + key.encode()).digest()[:8], "big") / 2 ** 64
+    return "train" if u < SPLIT_FRACS[0] else "validation" if u < SPLIT_FRACS[0] + SPLIT_FRACS[1] else "test"
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,7 @@ def speeches(text: str, work: str) -> list[Speech]:
             continue
         spoken = " ".join(ln for ln in lines[1:] if ln)
         if spoken:
-            out.append(Speech(work, len(out), lines[0][:-1], spoken))
+            out.append(Speech(work, len(out), lines[0].rstrip("."), spoken))
     return out
 
 
@@ -115,7 +127,7 @@ class ShakespeareSpeechTask(ClassifyTask):
         for sp in pool:
             c = index.get(which(sp))
             if c is not None:
-                self._items[hashed_split(self.name, f"{sp.work}:{sp.number}".encode())][c].append(sp)
+                self._items[split_of(f"{sp.work}:{sp.number}")][c].append(sp)
         for split, per_class in self._items.items():
             if any(not group for group in per_class):
                 raise bad_param("shakespeare_speech", "plays" if label == "play" else "n_classes",
