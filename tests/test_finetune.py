@@ -409,3 +409,35 @@ def test_analysis_names_methods_and_writes_the_seed_evidence(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| greater | encoder/first+always_mask | 3 | 0.700 ± 0.248 |" in table  # t(0.975, 2) * 0.1 / sqrt(3)
     assert (tmp_path / "out" / "finetune.png").stat().st_size > 1000
+
+
+def test_analysis_pretrain_gain_4x_pairs_checkpoints_by_seed(tmp_path):
+    """Runs fine-tuned from a quarter of the pre-training steps get ``@pre<step>``; pretrain_gain_4x
+    is the primary classifier's accuracy from the last checkpoint minus from that one, per seed."""
+    import pandas as pd
+
+    from archcmp.analysis.finetune.cli import run_cli
+
+    def fake(arch, head, step, seed, acc):
+        d = tmp_path / "runs" / f"{arch}-{head}-{step}" / f"s{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "objective": "finetune", "status": "complete", "task": "key_present", "arch": arch, "seed": seed,
+            "finetune": {"head": head, "aux_lm_weight": 0.0, "source_step": step, "source_objective": "task"},
+            "eval_accuracy": acc, "majority_baseline": 0.5, "accuracy_over_chance": acc - 0.5, "eval_loss": 0.6,
+            "data_fingerprint": f"fp{seed}"}))
+
+    for seed in range(3):
+        fake("decoder", "last", 600, seed, 0.9)
+        fake("decoder", "last", 150, seed, 0.6 + 0.1 * seed)  # gains 0.3, 0.2, 0.1
+        fake("decoder", "mean", 600, seed, 0.8)               # not the primary head: no gain row
+        fake("encoder", "first", 600, seed, 0.7)
+        fake("encoder", "first", 300, seed, 0.5)              # not a quarter of 600: no gain row
+    assert run_cli([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    seeds = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert {"decoder/last", "decoder/last@pre150", "decoder/mean", "encoder/first", "encoder/first@pre300"} \
+        <= set(seeds.group)
+    gain = seeds[seeds.metric == "pretrain_gain_4x"].sort_values("seed")
+    assert list(gain.group) == ["decoder"] * 3
+    np.testing.assert_allclose(gain.value, [0.3, 0.2, 0.1], atol=1e-9)
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
