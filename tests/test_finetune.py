@@ -279,6 +279,58 @@ def test_finetune_resume_continues_bit_exactly(source, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("head", ["mean", "generate"])
+def test_load_run_reads_a_finetuned_run(source, tmp_path, head):
+    """load_run on a fine-tuned run: the saved backbone and head, a forward pass whose accuracy on
+    the run's own held-out examples is the accuracy the run recorded, and its activations."""
+    from flax import nnx
+
+    from archcmp import hidden_states, load_run
+    from archcmp.data import eval_examples
+    from archcmp.loading.finetuned import classify
+    from archcmp.training.loop import train
+    from hydra_cfg import compose_cfg
+
+    run = tmp_path / "ft"
+    summary = train(compose_cfg([*FT, "arch=decoder", f"finetune.from={source}", f"finetune.head={head}"]), run)
+    loaded = load_run(run)
+    assert loaded.info["step"] == 6 and loaded.info["finetune"]["head"] == head
+    saved = _raw_checkpoint(run, 6)
+    got = _leaves(nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param)))
+    assert len(got) == len(_leaves(saved["backbone"])) > 5
+    for a, b in zip(_leaves(saved["backbone"]), got):
+        np.testing.assert_array_equal(a, b)
+    source_model = load_run(source, 4).model  # the backbone was fine-tuned: not the source's weights
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(_leaves(nnx.to_pure_dict(nnx.state(source_model, nnx.Param))), got))
+    task = make_task("sum_parity")
+    held = eval_examples(task, "validation", 24, 16, seed=0)
+    labels = np.array([task.label_of(ex) for ex in held])
+    logits = classify(loaded, held)
+    assert logits.shape == (16, 2) and np.isfinite(logits).all()
+    acc = float(np.mean(np.argmax(logits, axis=1) == labels))
+    if head == "generate":  # the run's argmax is over the whole vocabulary, ours over the two labels
+        assert loaded.head is None and acc >= summary["eval_accuracy"] - 1e-9
+    else:
+        for a, b in zip(_leaves(saved["head"]), _leaves(nnx.to_pure_dict(nnx.state(loaded.head)))):
+            np.testing.assert_array_equal(a, b)
+        assert acc == pytest.approx(summary["eval_accuracy"])
+        z = logits - logits.max(axis=1, keepdims=True)
+        nll = -(z[np.arange(16), labels] - np.log(np.exp(z).sum(axis=1)))
+        assert float(nll.mean()) == pytest.approx(summary["eval_loss"], rel=1e-4)
+    texts = [task.tokenizer.decode(ex.inputs) for ex in held[:4]]  # text in, the same rows out
+    np.testing.assert_allclose(classify(loaded, texts), logits[:4], rtol=1e-5, atol=1e-6)
+    states = hidden_states(loaded, texts)["stack"]
+    src_states = hidden_states(load_run(source, 4), texts)["stack"]
+    assert len(states) == 4 and states[0].shape[0] == loaded.config.n_layers + 1
+    assert states[0].shape[-1] == loaded.config.d_model and np.isfinite(states[0]).all()
+    assert not np.allclose(states[0][-1], src_states[0][-1])  # the fine-tuned backbone's own activations
+    with pytest.raises(ValueError, match="fine-tuned run"):
+        load_run(run, 0)
+    with pytest.raises(ValueError, match="not a fine-tuned run"):
+        classify(load_run(source, 4), texts)
+
+
 @pytest.mark.parametrize("override,message", [
     ("finetune.head=first", "finetune.head='first': not available for arch='decoder'"),
     ("finetune.aux_lm_weight=-1", "finetune.aux_lm_weight=-1: must be a non-negative number"),
@@ -355,3 +407,35 @@ def test_analysis_names_methods_and_writes_the_seed_evidence(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| greater | encoder/first+always_mask | 3 | 0.700 ± 0.248 |" in table  # t(0.975, 2) * 0.1 / sqrt(3)
     assert (tmp_path / "out" / "finetune.png").stat().st_size > 1000
+
+
+def test_analysis_pretrain_gain_4x_pairs_checkpoints_by_seed(tmp_path):
+    """Runs fine-tuned from a quarter of the pre-training steps get ``@pre<step>``; pretrain_gain_4x
+    is the primary classifier's accuracy from the last checkpoint minus from that one, per seed."""
+    import pandas as pd
+
+    from archcmp.analysis.finetune.cli import run_cli
+
+    def fake(arch, head, step, seed, acc):
+        d = tmp_path / "runs" / f"{arch}-{head}-{step}" / f"s{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "objective": "finetune", "status": "complete", "task": "key_present", "arch": arch, "seed": seed,
+            "finetune": {"head": head, "aux_lm_weight": 0.0, "source_step": step, "source_objective": "task"},
+            "eval_accuracy": acc, "majority_baseline": 0.5, "accuracy_over_chance": acc - 0.5, "eval_loss": 0.6,
+            "data_fingerprint": f"fp{seed}"}))
+
+    for seed in range(3):
+        fake("decoder", "last", 600, seed, 0.9)
+        fake("decoder", "last", 150, seed, 0.6 + 0.1 * seed)  # gains 0.3, 0.2, 0.1
+        fake("decoder", "mean", 600, seed, 0.8)               # not the primary head: no gain row
+        fake("encoder", "first", 600, seed, 0.7)
+        fake("encoder", "first", 300, seed, 0.5)              # not a quarter of 600: no gain row
+    assert run_cli([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    seeds = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert {"decoder/last", "decoder/last@pre150", "decoder/mean", "encoder/first", "encoder/first@pre300"} \
+        <= set(seeds.group)
+    gain = seeds[seeds.metric == "pretrain_gain_4x"].sort_values("seed")
+    assert list(gain.group) == ["decoder"] * 3
+    np.testing.assert_allclose(gain.value, [0.3, 0.2, 0.1], atol=1e-9)
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000

@@ -25,3 +25,4 @@ __all__ = [
     "epoch_seed", "eval_batches", "eval_examples", "fingerprint", "fit_example", "fixed_batches", "format_examples",
     "make_formatter", "make_task", "pack_rows", "task_names",
 ]
+from archcmp.data import speech_tasks  # noqa: E402,F401  (shakespeare_speech: which play / which speaker)

@@ -74,6 +74,14 @@ class TextWindowTask(Task):
         return Example(window[:cut], window[cut:])
 
 
+def char_tokenizer(splits: dict[str, dict[str, str]]) -> CharTokenizer:
+    """The char tokenizer of ``task=shakespeare``: the characters of the train works (in the order
+    ``ShakespeareTask`` joins them), unseen characters skipped. Tasks on the same text
+    (:mod:`archcmp.data.speech_tasks`) use it so that a model pre-trained here reads them."""
+    train = splits["train"]
+    return CharTokenizer.from_text(WORK_SEPARATOR.join(train[n] for n in sorted(train)), unknown="skip")
+
+
 def _encode_cached(tok: Tokenizer, text: str, path: Path) -> np.ndarray:
     if path.exists():
         return np.load(path)
@@ -112,7 +120,7 @@ class ShakespeareTask(TextWindowTask):
         texts = {s: WORK_SEPARATOR.join(splits[s][n] for n in self.works[s]) for s in SPLITS}
         train_works = [splits["train"][n] for n in self.works["train"]]
         if tokenizer == "char":
-            tok: Tokenizer = CharTokenizer.from_text(texts["train"], unknown="skip")
+            tok: Tokenizer = char_tokenizer(splits)
         else:
             tok = cached_bpe(train_works, int(bpe_vocab_size), corpus="shakespeare", cache_dir=cache)
         digest = text_digest(train_works)  # identifies the tokenizer's training text

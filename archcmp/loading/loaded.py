@@ -29,6 +29,8 @@ class Loaded:
     source     the run or checkpoint directory
     info       what was loaded: ``kind`` ("run" / "pretrained"), step, model_type, timings, ...
     formatter  runs only: the run's :class:`~archcmp.data.formatters.Formatter` (task layout)
+    head       fine-tuned runs only: the trained :class:`~archcmp.model.heads.ClassifierHead`
+               (None otherwise, and for ``finetune.head=generate``)
     """
 
     model: Any
@@ -38,6 +40,7 @@ class Loaded:
     source: Path
     info: dict = field(default_factory=dict)
     formatter: Any = None
+    head: Any = None
 
     @property
     def arch(self) -> str:

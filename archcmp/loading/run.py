@@ -4,6 +4,12 @@ A run directory (``archcmp-train`` output) holds ``summary.json`` (model config,
 ``.hydra/config.yaml`` (task, optimizer) and ``checkpoints/<step>/``. :func:`load_run` returns a
 :class:`~archcmp.loading.loaded.Loaded`; :func:`read_run` and :func:`restore_params` are the pieces the
 probe CLIs use to walk every checkpoint of a run with one compiled model.
+
+A fine-tuned run (``finetune.from=...``, :mod:`archcmp.training.finetune`) loads the same way: its
+checkpoints hold ``{"backbone", "head"}``; ``Loaded.model`` is the fine-tuned backbone (so
+:func:`archcmp.attention` / :func:`archcmp.hidden_states` read it like any run), ``Loaded.head`` the
+trained classifier head (None for ``finetune.head=generate``) and ``info["finetune"]`` the run's
+fine-tuning record; :func:`archcmp.loading.finetuned.classify` gives the class logits.
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ class RunInfo:
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
-    """``summary.json`` + ``.hydra/config.yaml`` of a run (no arrays loaded)."""
+    """``summary.json`` + ``.hydra/config.yaml`` (else the resolved ``config.yaml``) of a run (no arrays
+    loaded)."""
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
@@ -58,8 +65,11 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise FileNotFoundError(f"{summary_path}: missing (not a run directory of archcmp-train)")
     summary = json.loads(summary_path.read_text())
     cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.exists():  # a run trained without the Hydra entry point: its resolved config.yaml
+        cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: missing (the task parameters are read from it)")
+        raise FileNotFoundError(f"{run_dir / '.hydra' / 'config.yaml'}: missing, and no config.yaml "
+                                "(the task parameters are read from it)")
     config = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
     return RunInfo(run_dir, summary, config, ModelConfig(**summary["model"]))
 
@@ -140,7 +150,14 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Loaded:
     if step != 0 and step not in steps:
         raise ValueError(f"step={step!r}: no checkpoint of {run.run_dir} at that step; saved steps: {steps}")
     model = build_model(run.model_cfg, run.seed)
-    if step != 0:
+    ft = run.summary.get("finetune")
+    head = None
+    if ft is not None:
+        if step == 0:
+            raise ValueError(f"step=0: {run.run_dir} is a fine-tuned run; its starting weights are those of "
+                             f"its source {ft.get('source_run')!r} at step {ft.get('source_step')}")
+        model, head = _finetuned_params(run, step, model)
+    elif step != 0:
         graphdef, state = nnx.split(model)
         with Checkpointer(run.run_dir / "checkpoints", keep=None) as ck:
             model = nnx.merge(graphdef, restore_params(ck, run, step, state))
@@ -150,5 +167,36 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Loaded:
     enc_len = arch_spec(run.arch).encoder_len(T, int(tcfg.get("enc_len") or T))
     info = {"kind": "run", "step": step, "saved_steps": steps, "run": run.name, "label": run.label,
             "summary": run.summary, "config": run.config, "task": task, "load_seconds": time.perf_counter() - t0}
+    if ft is not None:
+        info["finetune"] = ft
     return Loaded(model, run.model_cfg, task.tokenizer, task.tokenizer.encode, run.run_dir, info,
-                  make_formatter(run.arch, T, enc_len))
+                  make_formatter(run.arch, T, enc_len), head)
+
+
+def _finetuned_params(run: RunInfo, step: int, model):
+    """(backbone, head or None) of a fine-tuned run at checkpoint ``step``: the saved train state is
+    ``{"params": {"backbone", "head"}, "opt_state"}`` with the optimizer over what was trained."""
+    import jax
+    from flax import nnx
+
+    from archcmp.model.heads import ClassifierHead
+    from archcmp.training.checkpoint import Checkpointer
+    from archcmp.training.optim import make_optimizer
+    from archcmp.training.settings import parse
+
+    ft = run.summary["finetune"]
+    s, _ = parse(run.config, typed=False)
+    graphdef, state = nnx.split(model)
+    params = {"backbone": state}
+    gd_head = None
+    if ft["head"] != "generate":
+        classes = len(run_task(run).label_ids)
+        gd_head, params["head"] = nnx.split(ClassifierHead(run.model_cfg.d_model, classes, run.seed))
+    trained = params if ft.get("train_backbone", True) else params["head"]
+    tx = make_optimizer(s.optim, int(run.summary.get("steps") or s.train.steps))
+    target = {"params": jax.eval_shape(lambda x: x, params), "opt_state": jax.eval_shape(tx.init, trained)}
+    with Checkpointer(run.run_dir / "checkpoints", keep=None) as ck:
+        restored, _ = ck.restore(step=step, target=target)
+    p = restored["params"]
+    head = None if gd_head is None else nnx.merge(gd_head, p["head"])
+    return nnx.merge(graphdef, p["backbone"]), head

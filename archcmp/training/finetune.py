@@ -194,7 +194,7 @@ def check(s: Any, task: Any) -> None:
                           f"{list(arch_spec(s.arch).finetune_heads)}")
     if not hasattr(task, "label_ids"):
         raise ConfigError(f"task={s.task.name!r}: fine-tuning needs a classification task with labels "
-                          "(sum_parity, greater, key_present)")
+                          "(sum_parity, greater, key_present, shakespeare_speech)")
     if ts.tokens_per_param is not None or ts.flops is not None or ts.full_batch:
         raise ConfigError("train.tokens_per_param / train.flops / train.batch_size=full: a fine-tuned run takes "
                           "train.steps and a batch size")

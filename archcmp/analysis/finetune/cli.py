@@ -8,11 +8,17 @@ and ``+always_mask`` when its source was an encoder pre-trained with every chose
 by MASK (``arch.mlm_replacement=mask``); e.g. ``decoder/last``, ``decoder/last+aux0.5``,
 ``encoder/first+always_mask``.
 
+A run that started from an earlier checkpoint of its source than the other runs of its
+architecture (``finetune.step``) gets ``@pre<step>``, e.g. ``decoder/last@pre150``.
+
 Outputs in ``--out``: ``per_run.csv``; ``table.md`` (accuracy, majority baseline and accuracy over
 chance, mean and 95% t-interval over seeds per task x method); ``seeds.csv``, the per-seed evidence
 for ``archcmp-claims`` (condition = task, group = method; metrics ``accuracy``,
 ``accuracy_over_chance``, ``eval_loss``, and ``mask_free_accuracy`` for classifier heads, whose
-inputs hold no MASK); ``finetune.png`` (accuracy per method and task, the majority baseline dashed).
+inputs hold no MASK; and ``pretrain_gain_4x`` with group = the architecture: the accuracy of its
+plain classifier (``PRIMARY_HEAD``) fine-tuned from the last pre-training checkpoint minus from the
+checkpoint at a quarter of those steps, paired by seed); ``finetune.png`` (accuracy per method and
+task, the majority baseline dashed); ``curves.png`` (validation accuracy over fine-tuning steps).
 """
 from __future__ import annotations
 
@@ -38,6 +44,11 @@ def method_of(summary: dict) -> str:
     return name
 
 
+# the plain classifier of each architecture, the one pretrain_gain_4x compares (the registry's C10
+# pairs encoder/first with decoder/last; prefix_lm and encdec use the last position as the decoder)
+PRIMARY_HEAD = {"decoder": "last", "prefix_lm": "last", "encdec": "last", "encoder": "first"}
+
+
 def run_rows(paths) -> list[dict]:
     from archcmp.analysis.common.runs import find_run_dirs
 
@@ -51,8 +62,32 @@ def run_rows(paths) -> list[dict]:
                          "head": s["finetune"]["head"], "seed": int(s["seed"]), "size": s.get("size"),
                          "accuracy": s["eval_accuracy"], "majority_baseline": s["majority_baseline"],
                          "accuracy_over_chance": s["accuracy_over_chance"], "eval_loss": s["eval_loss"],
-                         "data_fingerprint": s["data_fingerprint"], "wall_seconds": s.get("wall_seconds")})
+                         "data_fingerprint": s["data_fingerprint"], "wall_seconds": s.get("wall_seconds"),
+                         "source_step": int(s["finetune"].get("source_step") or 0), "steps": s.get("steps")})
+    last = {}
+    for r in rows:  # the newest source checkpoint any run of the architecture started from
+        last[r["arch"]] = max(last.get(r["arch"], 0), r["source_step"])
+    for r in rows:
+        r["base_method"] = r["method"]
+        if r["source_step"] < last[r["arch"]]:
+            r["method"] += f"@pre{r['source_step']}"
     return rows
+
+
+def pretrain_gain(runs: pd.DataFrame) -> list[dict]:
+    """``pretrain_gain_4x`` rows: per task, architecture and seed, the accuracy of its primary
+    method from the newest source checkpoint minus from the checkpoint at a quarter of its steps."""
+    out = []
+    for (task, arch, seed), g in runs.groupby(["task", "arch", "seed"], sort=True):
+        g = g[g.base_method == f"{arch}/{PRIMARY_HEAD.get(arch, 'last')}"]
+        if g.empty:
+            continue
+        top = int(g.source_step.max())
+        hi, lo = g[g.source_step == top], g[g.source_step * 4 == top]
+        if len(hi) == 1 and len(lo) == 1:
+            out.append({"condition": task, "group": arch, "seed": int(seed), "metric": "pretrain_gain_4x",
+                        "value": float(hi.accuracy.iloc[0] - lo.accuracy.iloc[0])})
+    return out
 
 
 def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +99,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
             metrics["mask_free_accuracy"] = r.accuracy
         out += [{"condition": r.task, "group": r.method, "seed": r.seed, "metric": k, "value": v}
                 for k, v in metrics.items()]
+    out += pretrain_gain(runs)
     return pd.DataFrame(out).sort_values(["condition", "group", "metric", "seed"], kind="stable")
 
 
@@ -114,6 +150,49 @@ def figure(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def eval_curve(run_dir: str) -> list[tuple[int, float]]:
+    """(step, validation accuracy) of every evaluation in a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    points = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if "eval_accuracy" in rec and "step" in rec:
+            points[int(rec["step"])] = float(rec["eval_accuracy"])
+    return sorted(points.items())
+
+
+def curves_figure(runs: pd.DataFrame, path: Path) -> None:
+    """Validation accuracy over fine-tuning steps, mean over seeds, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(runs.task.unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = runs[runs.task == task]
+        for method, g in sub.groupby("method", sort=True):
+            per_step: dict[int, list[float]] = {}
+            for d in g.run_dir:
+                for step, acc in eval_curve(d):
+                    per_step.setdefault(step, []).append(acc)
+            if per_step:
+                steps = sorted(per_step)
+                ax.plot(steps, [sum(per_step[k]) / len(per_step[k]) for k in steps], marker=".", label=method)
+        ax.axhline(sub.majority_baseline.mean(), color="k", linestyle="dashed", linewidth=1)
+        ax.set_title(task)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylim(0.3, 1)
+    axes[0][0].set_ylabel("validation accuracy (mean over seeds)")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="archcmp-analyze finetune", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", help="fine-tuned run directories or sweep directories")
@@ -133,6 +212,7 @@ def run_cli(argv: list[str]) -> int:
     write_tables(args.out, per_run=runs, seeds=seed_table(runs))
     (args.out / "table.md").write_text(markdown(runs))
     figure(runs, args.out / "finetune.png")
+    curves_figure(runs, args.out / "curves.png")
     for task, g in runs.groupby("task"):
         if g.data_fingerprint.nunique() > 1:  # the methods of a task must have read the same examples
             per = g.groupby("seed").data_fingerprint.nunique()
