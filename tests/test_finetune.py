@@ -288,7 +288,7 @@ def test_load_run_reads_a_finetuned_run(source, tmp_path, head):
     from archcmp import hidden_states, load_run
     from archcmp.data import eval_examples
     from archcmp.loading.finetuned import classify
-    from archcmp.training.loop import train
+    from archcmp.training.trainer import train
     from hydra_cfg import compose_cfg
 
     run = tmp_path / "ft"
