@@ -220,8 +220,7 @@ def run(group: Any, idents: list[dict], on_accept: Any) -> list[dict]:
     except ValueError as err:
         raise ConfigError(f"task={s.task.name!r}: {err}") from None
     check(s, task)
-    if on_accept is not None:
-        on_accept(group.run_dir)
+    group.accept(on_accept)
     group.write_records(idents)
     compiled: dict = {}
     summaries = []

@@ -13,17 +13,17 @@ multi-process run only process 0 (the *primary*) claims, reads and writes the re
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from archcmp.model.config import ConfigError
 from archcmp.training import identity
-from archcmp.training.records import GROUP_FILE, resolved, write_group_record, write_resolved_config
-from archcmp.training.settings import RunSettings, TrainSettings, parse
+from archcmp.training.command import RunCommand
+from archcmp.training.records import GROUP_FILE, write_group_record, write_hydra_record, write_resolved_config
+from archcmp.training.settings import RunSettings, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,23 @@ class RunGroup:
     command: RunSettings          # the command's own settings (k > 1: the group's seed and run_name)
     run_dir: Path                 # the command's directory (k > 1: the group's, holding ensemble.json)
     settings: list[RunSettings]   # one per member (its own seed and run_name)
-    cfgs: list[Any]               # each member's config (k = 1: the command's own)
+    configs: list[dict]           # each member's config as plain resolved values (config.yaml, tracker)
     dirs: list[Path]              # each member's run directory
-    resolved: list[dict]          # each member's config as plain values: what its identity is made of
+    resolved: list[dict]          # what each member's identity is made of (fine-tuning: with its source)
     primary: bool                 # this process writes the records
     sources: list[dict] | None = None  # fine-tuning: each member's starting checkpoint (finetune.source_record)
+    hydra_record: Mapping[str, str] | None = None  # the command line's ``.hydra/`` files
 
     @property
     def k(self) -> int:
         return len(self.settings)
 
     @classmethod
-    def of(cls, cfg: Any, s: RunSettings, run_dir: Path, primary: bool) -> "RunGroup":
-        k = s.train.num_seeds
-        cfgs = [cfg] if k == 1 else member_configs(cfg, s.seed, k)
-        settings = [s] if k == 1 else [parse(c)[0] for c in cfgs]
-        dirs = [run_dir] if k == 1 else [run_dir / m.run_name for m in settings]
-        group = cls(s, run_dir, settings, cfgs, dirs, [resolved(c) for c in cfgs], primary)
+    def of(cls, command: RunCommand, run_dir: Path, primary: bool) -> "RunGroup":
+        s, settings = command.settings, list(command.members)
+        dirs = [run_dir] if len(settings) == 1 else [run_dir / m.run_name for m in settings]
+        group = cls(s, run_dir, settings, list(command.configs), dirs, list(command.configs), primary,
+                    hydra_record=command.hydra_record)
         if s.finetune is None:
             return group
         from archcmp.training import finetune  # the identity holds the source run's identity and step
@@ -99,11 +99,21 @@ class RunGroup:
         from now on the directories belong to these settings."""
         if not self.primary:
             return
-        for d, cfg, ident in zip(self.dirs, self.cfgs, idents):
+        for d, config, ident in zip(self.dirs, self.configs, idents):
             identity.write(d, ident)
-            write_resolved_config(d, cfg)
+            write_resolved_config(d, config)
         if self.k > 1:
-            write_group_record(self.run_dir, self.command, [d.name for d in self.dirs], self.cfgs)
+            write_group_record(self.run_dir, self.command, [d.name for d in self.dirs], self.configs)
+
+    def accept(self, on_accept: Callable[[Path], Any] | None = None) -> None:
+        """The run is validated and its directories claimed: the command line's ``.hydra/`` record goes
+        into the command's directory, and ``on_accept(run_dir)`` is told (primary process only)."""
+        if not self.primary:
+            return
+        if self.hydra_record is not None:
+            write_hydra_record(self.run_dir, self.hydra_record)
+        if on_accept is not None:
+            on_accept(self.run_dir)
 
     # ---- what k changes --------------------------------------------------------------------------
     def keep_checkpoints(self, keep: int) -> int:
@@ -134,33 +144,6 @@ class RunGroup:
         return {"run_name": self.command.run_name, "num_seeds": len(summaries),
                 "seeds": [m.get("seed") for m in summaries], "status": status,
                 "skipped": all(m.get("skipped") for m in summaries), "members": summaries}
-
-
-def member_configs(cfg: Any, seed: int, k: int) -> list[dict]:
-    """Resolved plain configs of the k members: ``seed+i``, ``train.num_seeds=1`` and ``run_name``
-    re-resolved with that seed (suffixed ``-s<seed>`` when that does not tell the members apart)."""
-    if hasattr(cfg, "_get_node"):
-        from omegaconf import OmegaConf
-
-        raw = OmegaConf.to_container(cfg, resolve=False)
-        raw.pop("hydra", None)
-
-        def resolve(c: dict) -> dict:
-            return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
-    else:
-        raw = copy.deepcopy(dict(cfg))
-        resolve = dict
-    out = []
-    for s in range(seed, seed + k):
-        c = copy.deepcopy(raw)
-        c["seed"] = s
-        c["train"]["num_seeds"] = 1
-        out.append(resolve(c))
-    names = [str(c.get("run_name", "run")) for c in out]
-    if len(set(names)) < k:
-        for c, name in zip(out, names):
-            c["run_name"] = f"{name}-s{c['seed']}"
-    return out
 
 
 def check_placement(k: int, place: Any) -> None:

@@ -1,7 +1,8 @@
 """The command line: ``archcmp-train`` (``python -m archcmp.training.loop``), Hydra's entry point.
 
-It checks the overrides in one line each, composes the config, hands it to
-:func:`archcmp.training.trainer.train` (imported only then, so a bad override answers at once and
+It checks the overrides in one line each, composes the config, reads it once into a typed command
+(:func:`archcmp.training.command.read_command`) and hands that to
+:func:`archcmp.training.trainer.run` (imported only then, so a bad override answers at once and
 the process restarts for huge pages before JAX is loaded), and turns the outcome into an exit
 status: 2 for a bad setting or a refused directory, 1 for a failed run, 130 for Ctrl-C. In a sweep
 a failed job is recorded and the sweep goes on.
@@ -81,19 +82,16 @@ def model_overrides(argv: list[str]) -> list[str]:
         out.append(arg)
     return out
 
-def _write_hydra_record(cfg: Any, run_dir: Path) -> None:
-    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only once this process has
-    claimed the run directory (conf/config.yaml sets ``hydra.output_subdir: null`` so Hydra itself
-    writes nothing into a directory that may belong to another run or another writer)."""
-    from hydra.core.hydra_config import HydraConfig
+def _hydra_record(cfg: Any, hc: Any) -> dict[str, str]:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, as text: the run writes them
+    (:func:`archcmp.training.records.write_hydra_record`) only once this process has claimed the run
+    directory (conf/config.yaml sets ``hydra.output_subdir: null`` so Hydra itself writes nothing
+    into a directory that may belong to another run or another writer)."""
     from omegaconf import OmegaConf
 
-    hc = HydraConfig.get()
-    out = Path(run_dir) / ".hydra"
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}), out / "hydra.yaml")
-    OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)})),
+            "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
 
 
 def _name_like_the_directory(cfg: Any, hc: Any) -> None:
@@ -112,25 +110,31 @@ def _name_like_the_directory(cfg: Any, hc: Any) -> None:
 
 
 def _hydra_task(cfg) -> None:
+    """One job: Hydra's composed ``cfg`` ends here. It is handed on as plain values (its
+    interpolations unresolved, so each ``num_seeds`` member re-resolves its run_name) and read once,
+    by :func:`archcmp.training.command.read_command`; the run sees the typed command only."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
+    from archcmp.training.command import read_command
     from archcmp.training.identity import RunRefused
     from archcmp.training.records import record_failure
     from archcmp.training.settings import ConfigError, parse_launcher
     from archcmp.training.sweep import note_refused
-    from archcmp.training.trainer import train
+    from archcmp.training.trainer import run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _name_like_the_directory(cfg, hc)
+    values, record = OmegaConf.to_container(cfg, resolve=False), _hydra_record(cfg, hc)
     try:
         parse_launcher(hc.launcher)
         n_jobs = hc.launcher.get("n_jobs") if "n_jobs" in hc.launcher else None
         if n_jobs:
             _set_cpu_threads(int(n_jobs), hc.sweep.dir)
-        summary = train(cfg, hc.runtime.output_dir, on_accept=lambda d: _write_hydra_record(cfg, d))
+        summary = run(read_command(values, record), hc.runtime.output_dir)
     except RunRefused as err:  # nothing was written: no failure record either
         print(f"archcmp-train: error: {err}", file=sys.stderr)
         if multirun:

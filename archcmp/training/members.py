@@ -89,16 +89,15 @@ def start_records(members: list[Member], group: Any, plan: Any, placement: dict,
     import jax
 
     from archcmp.tracking.tracker import NullTracker, run_tracker
-    from archcmp.training.records import plain
     from archcmp.training.sweep_names import tracker_group
 
-    for i, (mem, cfg) in enumerate(zip(members, group.cfgs)):
+    for i, (mem, config) in enumerate(zip(members, group.configs)):
         m, ts = mem.s, plan.train
         mem.writes = group.primary
         mem.tracker = NullTracker() if not group.primary else run_tracker(
             m.logger, mem.run_dir, resume_step=step, name=m.run_name,
             group=tracker_group(m.logger.group, m.experiment), tags=[m.arch, m.size, m.task.name],
-            config=plain(cfg), renew_id=step == 0 and not m.train.resume)
+            config=config, renew_id=step == 0 and not m.train.resume)
         mem.base_key = jax.random.key(m.seed) if plan.model_cfg.dropout > 0 else None
         mem.summary = RunSummary(
             arch=m.arch, size=m.size, task=m.task.name, objective=m.objective, seed=m.seed, experiment=m.experiment,

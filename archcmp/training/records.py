@@ -1,13 +1,13 @@
 """A run directory's records besides the identity (:mod:`archcmp.training.identity`): the
-resolved ``config.yaml``; a ``train.num_seeds=k`` group's ``ensemble.json`` (the group directory
-holds only that, no ``summary.json``, so analysis sees k ordinary runs); and the failure record of
-a run that stopped before it could write its own summary."""
+resolved ``config.yaml``; the command line's ``.hydra/``; a ``train.num_seeds=k`` group's
+``ensemble.json`` (the group directory holds only that, no ``summary.json``, so analysis sees k
+ordinary runs); and the failure record of a run that stopped before it could write its own summary."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 GROUP_FILE = "ensemble.json"
 
@@ -36,6 +36,16 @@ def write_resolved_config(run_dir: Path, cfg: Any) -> None:
     tmp = run_dir / ".config.yaml.tmp"
     OmegaConf.save(OmegaConf.create(resolved(cfg)), tmp)
     os.replace(tmp, run_dir / "config.yaml")
+
+
+def write_hydra_record(run_dir: Path, files: Mapping[str, str]) -> None:
+    """``run_dir/.hydra/``: the command line's own record (``config.yaml`` with its interpolations,
+    ``hydra.yaml``, ``overrides.yaml``), as the command line rendered it; written only once this
+    process has claimed the directory."""
+    out = Path(run_dir) / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
 
 
 def record_failure(run_dir: str | Path, err: BaseException) -> None:
