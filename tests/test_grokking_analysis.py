@@ -121,6 +121,7 @@ def test_threshold_fraction_and_across_criterion():
     v = across.across_criterion(groups, 0.4, fractions=[0.4, 0.3])
     assert v["met"] and v["decided"] and v["partial"] and v["n_seeds"] == 3
     assert sorted(map(tuple, v["missing_groups"])) == [("encdec", 0.3), ("encoder", 0.3), ("prefix_lm", 0.3)]
+    assert v["n_groups_expected"] == 8 and v["n_groups_complete"] == 5  # 4 at 0.4, the decoder at 0.3
     # an architecture not run at the reference fraction: not met, not decided
     v = across.across_criterion(groups[groups["arch"] != "encdec"], 0.4)
     assert not v["met"] and not v["decided"] and v["missing_groups"] == [["encdec", 0.4]]

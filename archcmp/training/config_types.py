@@ -166,7 +166,20 @@ def _train() -> dict[str, Check]:
         "batch_size": either(pos_int, one_of("full")), "grad_accum": pos_int, "eval_every": pos_int,
         "eval_examples": pos_int, "eval_train_examples": nonneg_int, "eval_batch_size": pos_int,
         "log_every": pos_int, "checkpoint_every": nonneg_int, "keep_checkpoints": pos_int, "resume": boolean,
-        "skip_complete": boolean, "overwrite": boolean, "progress": boolean, "num_seeds": pos_int}
+        "skip_complete": boolean, "overwrite": boolean, "progress": boolean, "num_seeds": pos_int,
+        "early_stop": _early_stop}
+
+
+def _early_stop(path: str, v: Any) -> None:
+    """``train.early_stop``: the rule's keys and types (its relations: archcmp.training.early_stop.parse)."""
+    if v is None:
+        return
+    _check_keys(path, v, {"metric": optional(string), "threshold": optional(_number), "hold": pos_int})
+
+
+def _number(path: str, v: Any) -> None:
+    if not _is_num(v):
+        raise _error(path, v, "must be a number")
 
 
 def _unit(path: str, v: Any) -> None:
@@ -280,7 +293,7 @@ def check(cfg: Mapping[str, Any]) -> None:
                      "distributed": _distributed, "finetune": _finetune}[group]()
             required = {"arch": ("name", "objective"), "task": ("name", "seq_len"),
                         "optimizer": tuple(_optimizer()), "train": tuple(k for k in _train() if k not in (
-                            "tokens_per_param", "flops", "eval_train_examples", "overwrite"))}.get(group, ())
+                            "tokens_per_param", "flops", "eval_train_examples", "overwrite", "early_stop"))}.get(group, ())
             _check_keys(group, node, table, required)
 
 

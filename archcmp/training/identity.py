@@ -56,6 +56,9 @@ def identity_of(resolved: Mapping[str, Any]) -> dict:
     out = {k: v for k, v in resolved.items() if k not in IGNORED_TOP}
     if isinstance(out.get("train"), Mapping):
         out["train"] = {k: v for k, v in out["train"].items() if k not in IGNORED_TRAIN}
+        # no early-stop rule (train.early_stop.metric unset) is how every run trained before the rule existed
+        if not (out["train"].get("early_stop") or {}).get("metric"):
+            out["train"].pop("early_stop", None)
     if isinstance(out.get("model"), Mapping):  # an unset (null) model field is the arch/size default
         out["model"] = {k: v for k, v in out["model"].items() if v is not None}
     for (group, key), value in NEUTRAL_DEFAULTS.items():

@@ -161,6 +161,8 @@ def _hydra_task(cfg) -> None:
         _release_cpu_threads()
     for member in summary.get("members", [summary]):  # train.num_seeds=k: one line per member
         word = "skipped (already complete)" if member.get("skipped") else member["status"]
+        if str(member.get("stop_reason", "")).startswith("early_stop") and not member.get("skipped"):
+            word += f" (early stop at step {member['stopped_at']})"
         print(f"[{member.get('run_name', '?')}] {word}: eval_loss={member.get('eval_loss')} "
               f"params={member['params_total']:,} fingerprint={member['data_fingerprint'][:12]}")
 

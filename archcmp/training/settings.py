@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from archcmp.model.config import ARCHS, ConfigError, ModelConfig
+from archcmp.training import early_stop
+from archcmp.training.early_stop import EarlyStop
 from archcmp.distributed.hosts import parse_device, parse_distributed
 from archcmp.distributed.sharding import parse_mesh
 from archcmp.tracking.tracker import LoggerSettings
@@ -73,6 +75,7 @@ class TrainSettings:
     flops: float | None = None
     eval_train_examples: int = 0  # training examples also scored at each evaluation (0 = off)
     full_batch: bool = False  # train.batch_size=full: every step is the whole training split
+    early_stop: EarlyStop | None = None  # train.early_stop (archcmp.training.early_stop); None: train to steps
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict
     if cfg["train"].get("eval_train_examples") is not None:  # optional: older run configs lack it
         budgets["eval_train_examples"] = _pos_int(cfg, f"{t}.eval_train_examples", True)
     train = dataclasses.replace(train, full_batch=full_batch, **budgets)
+    train = dataclasses.replace(train, early_stop=early_stop.parse(cfg["train"].get("early_stop"),
+                                                                   train.eval_train_examples))
     if full_batch and train.grad_accum != 1:
         raise ConfigError(f"train.grad_accum={train.grad_accum}: train.batch_size=full needs grad_accum=1")
     if train.batch_size % train.grad_accum:

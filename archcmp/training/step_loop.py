@@ -12,6 +12,7 @@ import contextlib
 import time
 from typing import Any, Callable
 
+from archcmp.training import early_stop
 from archcmp.training.evaluation import eval_metrics
 from archcmp.training.members import Member, next_batches
 from archcmp.training.summary import error_fields
@@ -22,6 +23,7 @@ def run_steps(members: list[Member], engine: Any, state: Any, plan: Any, step: i
     import jax
 
     ts, total_steps, sets = plan.train, plan.total_steps, plan.sets
+    rule = ts.early_stop  # train.early_stop: None, or the rule every member must meet
 
     def evaluate() -> None:
         ev, ob = engine.sums(state["params"], sets.held_out), engine.sums(state["params"], sets.objective)
@@ -29,6 +31,11 @@ def run_steps(members: list[Member], engine: Any, state: Any, plan: Any, step: i
         for mem, e, o, t in zip(members, ev, ob, tr):
             mem.last_eval = eval_metrics(e, o, t, sets.target_chars)
             mem.counters["best_eval_loss"] = min(mem.counters["best_eval_loss"], mem.last_eval["eval_loss"])
+            if rule is not None:
+                rule.update(mem.counters, mem.last_eval, step)
+
+    def all_met() -> bool:
+        return rule is not None and all(rule.met(mem.counters) for mem in members)
 
     def save() -> None:
         for i, mem in enumerate(members):
@@ -39,13 +46,14 @@ def run_steps(members: list[Member], engine: Any, state: Any, plan: Any, step: i
     pbar = _progress(ts.progress, total_steps, step)
     t_start = time.perf_counter()
     ran = 0  # steps run by this process: its first one includes compilation (also after a resume)
+    stopped = all_met()  # resumed after the group had already met the early-stop rule
     stop = _StopRequest()  # Ctrl-C: finish the running step, save, record "interrupted"
     with contextlib.ExitStack() as trackers:
         for mem in members:
             trackers.enter_context(mem.tracker)
         try:
-            upcoming = next_batches(members, ts.grad_accum) if step < total_steps else None
-            while step < total_steps:
+            upcoming = next_batches(members, ts.grad_accum) if step < total_steps and not stopped else None
+            while step < total_steps and not stopped:
                 if stop.requested:
                     raise KeyboardInterrupt(f"interrupted at step {step}")
                 t0 = time.perf_counter()
@@ -80,7 +88,8 @@ def run_steps(members: list[Member], engine: Any, state: Any, plan: Any, step: i
                     evaluate()
                     for mem in members:
                         mem.tracker.log(mem.last_eval, step)
-                if ts.checkpoint_every and (step % ts.checkpoint_every == 0 or step == total_steps):
+                    stopped = all_met()
+                if ts.checkpoint_every and (step % ts.checkpoint_every == 0 or step == total_steps or stopped):
                     save()
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{float(ms[0]['train_loss']):.3f}", tok_s=f"{members[0].tps:,.0f}",
@@ -100,8 +109,9 @@ def run_steps(members: list[Member], engine: Any, state: Any, plan: Any, step: i
             summaries = []
             for mem in members:
                 mem.ckpt.close()
+                ended = early_stop.outcome(rule, mem.counters, step, total_steps, stopped) if status == "complete" else {}
                 mem.summary = mem.summary.finish(status=status, **error, **mem.outcome(step, plan.flops_per_step),
-                                                 wall_seconds=time.perf_counter() - t_start)
+                                                 **ended, wall_seconds=time.perf_counter() - t_start)
                 summaries.append(mem.summary.write(mem.run_dir, mem.tracker) if mem.writes else mem.summary.as_dict())
     return summaries
 

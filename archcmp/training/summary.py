@@ -52,6 +52,10 @@ class RunSummary:
     tokens_per_sec: float | None = None
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
+    # how it ended (a finished run): the last step, and train.steps reached or train.early_stop met
+    stopped_at: int | None = None
+    stop_reason: str | None = None
+    early_stop: dict | None = None  # the rule and the step this run met it (train.early_stop set only)
 
     def finish(self, **outcome: Any) -> "RunSummary":
         """The summary with the run's outcome (status, error, counters, last evaluation) filled in."""
@@ -64,7 +68,7 @@ class RunSummary:
             value = getattr(self, f.name)
             if f.name == "placement":
                 out.update(value)
-            elif f.name != "ensemble" or value is not None:
+            elif f.name not in ("ensemble", "early_stop") or value is not None:
                 out[f.name] = value
         return out
 

@@ -167,6 +167,8 @@ def across_criterion(verdicts: pd.DataFrame, reference_frac: float, archs=ARCH_O
             "undecided_archs": undecided,
             "n_seeds": int(ref["n_seeds"].min()) if len(ref) else 0,
             "groks_every_seed_at_reference": at_ref, "partial": bool(missing), "missing_groups": missing,
+            "n_groups_expected": len(fractions) * len(archs),
+            "n_groups_complete": int(verdicts["complete"].sum()) if len(verdicts) else 0,
             "groups": groups}
 
 
