@@ -164,9 +164,11 @@ def test_probe_masks_follow_the_pair_through_the_filler():
 
 
 @pytest.mark.slow  # trains a run, then scores each checkpoint
-def test_induction_cli_end_to_end(tmp_path):
-    """A 4-step attention-only decoder on task=induction: the CLI loads every checkpoint (steps 0,
-    2, 4) and writes its tables, figures and verdict (a 4-step model has no induction head)."""
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_induction_cli_end_to_end(tmp_path, arch):
+    """A 4-step attention-only model on task=induction: the CLI loads every checkpoint (steps 0,
+    2, 4) and writes its tables, figures and verdict (a 4-step model has no induction head).
+    encdec: the decoder side's self-attention is scored (two layers here, as in the decoder)."""
     import json
 
     from omegaconf import OmegaConf
@@ -179,7 +181,8 @@ def test_induction_cli_end_to_end(tmp_path):
     cfg = compose_cfg(["experiment=induction", *over, "train.num_seeds=1", "task.seq_len=28",
                        "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.pairs=3",
                        "task.params.occurrences=2", "task.params.filler=8",
-                       "model.pos_encoding=relative", "hydra.mode=RUN"])
+                       "model.pos_encoding=relative", "hydra.mode=RUN", f"arch={arch}",
+                       "size.shapes.encdec.n_enc_layers=1", "size.shapes.encdec.n_dec_layers=2"])
     run_dir = tmp_path / "runs" / "r0"
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)

@@ -75,16 +75,19 @@ def test_pairs_layout_bad_params_raise_one_line_errors():
         assert "\n" not in str(err.value)
 
 
-def test_probe_masks_on_the_pairs_layout_mark_trigger_inputs():
+@pytest.mark.parametrize("arch", ["decoder", "prefix_lm", "encdec"])
+def test_probe_masks_on_the_pairs_layout_mark_trigger_inputs(arch):
     """The analysis' repeat mask sits on the inputs that are a trigger's 2nd/3rd occurrence (their
-    target is the answer, which equals the token after the trigger's first occurrence)."""
+    target is the answer, which equals the token after the trigger's first occurrence), in each
+    generating architecture's layout (encdec: the decoder side, BOS then the targets, no SEP)."""
     from archcmp.analysis.induction.cli import probe_set
     from archcmp.analysis.rank.cli import TaskCache
 
     params = dict(PAIRS)
-    run = SimpleNamespace(config={"task": {"name": "induction", "params": params, "seq_len": 31}}, arch="decoder")
+    run = SimpleNamespace(config={"task": {"name": "induction", "params": params, "seq_len": 31}}, arch=arch)
     batch, first, repeat, _, _ = probe_set(run, TaskCache(), 12)
     inputs, targets = batch["inputs"], batch["targets"]
+    assert (inputs[:, 0] == vocab.BOS).all() and ((inputs[:, 1] == vocab.SEP) == (arch != "encdec")).all()
     for i in range(12):
         f, r = np.flatnonzero(first[i]), np.flatnonzero(repeat[i])
         assert len(f) >= 3 and len(r) >= 6

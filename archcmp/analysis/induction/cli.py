@@ -1,7 +1,10 @@
 """``archcmp-analyze induction PATH [PATH...]``: the induction-head phase change (Olsson et al. 2022).
 
 For every run under the PATHs (trained on ``task=induction``: a random segment, then its repeat)
-and every saved checkpoint, on the same fixed validation sequences (one per row, no packing):
+and every saved checkpoint, on the same fixed validation sequences (one per row, no packing).
+Architectures that generate left to right are read: the decoder, the prefix LM (its prefix is
+just BOS SEP with ``prompt='none'``) and the encoder-decoder (its decoder side; the encoder gets
+no inputs). The encoder (mask filling) is refused. Per run and checkpoint:
 
 * ``first_loss`` / ``repeat_loss``: mean next-token cross-entropy on the first occurrence of the
   segment (tokens 2..L, unpredictable: ln n_symbols at best) and on its repeat (tokens 2..L of the
@@ -95,12 +98,13 @@ def copying_scores(ov: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def ov_circuits(params: dict, symbol_ids: np.ndarray) -> np.ndarray:
-    """OV circuits of every self-attention head, ``E W_V W_O E^T`` on the symbols' embeddings
+def ov_circuits(params: dict, symbol_ids: np.ndarray, stack: str = "stack") -> np.ndarray:
+    """OV circuits of every self-attention head of ``stack`` (``stack``: the single stack;
+    ``decoder``: an encoder-decoder's decoder), ``E W_V W_O E^T`` on the symbols' embeddings
     (tied embeddings; norms left out). -> [L, H, N, N]"""
     emb = np.asarray(params["embed"]["table"])[symbol_ids]  # [N, D]
-    qkv = np.asarray(params["stack"]["blocks"]["self_attn"]["qkv"])  # [L, D, 3, H, K]
-    out = np.asarray(params["stack"]["blocks"]["self_attn"]["out"])  # [L, H, K, D]
+    qkv = np.asarray(params[stack]["blocks"]["self_attn"]["qkv"])  # [L, D, 3, H, K]
+    out = np.asarray(params[stack]["blocks"]["self_attn"]["out"])  # [L, H, K, D]
     v = np.einsum("nd,ldhk->lhnk", emb, qkv[:, :, 2])
     return np.einsum("lhnk,lhkd,md->lhnm", v, out, emb)
 
@@ -184,7 +188,8 @@ def criterion(phase: pd.DataFrame, max_window: float = 0.5) -> dict:
 # ----------------------------------------------------------------------------- per run
 def probe_set(run, tasks, examples: int):
     """(batch, first-occurrence mask, repeat mask, symbol ids): ``examples`` validation sequences,
-    one per row, in the run's own layout."""
+    one per row, in the run's own layout. The masks mark positions of the generating side's inputs
+    (the single stack's, or an encoder-decoder's decoder side: ``BOS targets``, the encoder empty)."""
     from archcmp.data import eval_batches
 
     tcfg = run.config["task"]
@@ -193,17 +198,26 @@ def probe_set(run, tasks, examples: int):
     T = int(tcfg["seq_len"])
     batches, exs = eval_batches(task, "validation", run.arch, T, examples, examples, seed=0, packing=False)
     batch = batches[0]
+    # decoder-side targets before the example's first target: SEP in a single stack's
+    # BOS (x) SEP y, none in an encoder-decoder's BOS y[:-1]
+    lead = 0 if arch_spec(run.arch).encoder_stack else 1
     first = np.zeros(batch["inputs"].shape, bool)
     repeat = np.zeros_like(first)
     for i, ex in enumerate(exs):
         if len(ex.inputs):  # prompt='first': BOS x(1..L) SEP x(L+2..2L+1) EOS
+            if lead == 0:
+                raise ValueError(f"induction: arch={run.arch!r} puts prompt='first' inputs in its encoder; "
+                                 "the probe reads prompt='none'")
             n = len(ex.inputs)
             first[i, 1:n] = True  # the inputs x_1..x_{L-1} predict x_2..x_L
             repeat[i, n + 2:2 * n + 1] = True  # the same within the repeat
         else:  # prompt='none': BOS SEP targets EOS, target t at input position t + 2, predicted at t + 1
+            t = ex.targets  # (encdec: BOS targets, target t predicted at position t)
+            if not np.array_equal(batch["targets"][i, lead:lead + len(t)], t):
+                raise ValueError(f"induction: arch={run.arch!r}: targets not at offset {lead} of the row")
             f, r = task.scored_targets(ex)
-            first[i, f + 1] = True
-            repeat[i, r + 1] = True
+            first[i, f + lead] = True
+            repeat[i, r + lead] = True
     symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
@@ -217,8 +231,11 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
     from archcmp.model.objectives import token_losses
     from archcmp.training.checkpoint import Checkpointer
 
-    if not arch_spec(run.arch).single_causal_stack:
-        raise ValueError(f"{run.run_dir}: induction analysis reads the decoder layout; arch={run.arch!r}")
+    spec = arch_spec(run.arch)
+    if not spec.autoregressive:
+        raise ValueError(f"{run.run_dir}: induction analysis reads a left-to-right generating side; "
+                         f"arch={run.arch!r} fills masks")
+    side = "dec_self" if spec.encoder_stack else "self"  # the generating side's self-attention
     batch, first, repeat, symbols, task = probe_set(run, tasks, examples)
     model = build_model(run.model_cfg, int(run.summary.get("seed", 0)))
     graphdef, init_state = nnx.split(model)
@@ -226,9 +243,10 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
     @jax.jit
     def forward(state, b):
         logits, extras = nnx.merge(graphdef, state)(b, return_attention=True)
-        return token_losses(logits, b["targets"]), extras["self"]
+        return token_losses(logits, b["targets"]), extras[side]
 
-    mb = {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions", "targets")}
+    mb = {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions", "targets", "prefix_mask",
+                                                 "enc_inputs", "enc_segment_ids", "enc_positions")}
     valid = batch["segment_ids"] > 0
     steps = [0] + saved_steps(run)
     ck = Checkpointer(run.run_dir / "checkpoints", keep=None)
@@ -242,7 +260,8 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
             losses, attn = np.asarray(losses), np.asarray(attn)  # [B, T], [L, B, H, T, T]
             fl, rl = float(losses[first].mean()), float(losses[repeat].mean())
             per_step.append({**base, "step": step, "first_loss": fl, "repeat_loss": rl, "icl_score": rl - fl})
-            cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols)])
+            cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols,
+                                                                   "decoder" if spec.encoder_stack else "stack")])
             for layer in range(attn.shape[0]):
                 strided = np.stack([prefix_matching_scores(attn[layer], batch["inputs"], valid, queries=repeat,
                                                            stride=d) for d in STRIDES])  # [S, H]
