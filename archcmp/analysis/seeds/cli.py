@@ -14,7 +14,9 @@ writes, next to them, what :mod:`archcmp.claims` reads:
   prediction for that budget with a bootstrap interval, and the observed frontier loss;
 * ``scaling/ladder/extrapolation.csv`` (+ ``extrapolation.png``): per seed, the ladder's L(C)
   fitted without its largest size and that size's predicted and observed loss; the interval is
-  the t-interval over seeds of predicted minus observed, paired by seed (C21).
+  the t-interval over seeds of predicted minus observed, paired by seed (C21);
+* ``exposure/seeds.csv`` (+ ``gap.csv``, ``gap.png``): the emergence ladder's decoder scored
+  teacher-forced and free-running on the same examples (C06, :mod:`.exposure`).
 
 Seeds come from each run's ``seed`` column or its run name's ``-s<k>`` suffix.
 """
@@ -30,6 +32,7 @@ import pandas as pd
 from archcmp.analysis.emergence import metrics as em
 from archcmp.analysis.scaling import cli as scaling
 from archcmp.analysis.scaling import fit as sf
+from archcmp.analysis.seeds.exposure import SOURCE as EXPOSURE_SOURCE, export_exposure
 from archcmp.analysis.rank.metrics import uniform_causal_erank
 from archcmp.claims.evidence import FIT_COLUMNS, PREDICTION_COLUMNS, SEED_COLUMNS, mean_interval
 
@@ -313,6 +316,8 @@ def export_all(results: Path) -> list[Path]:
         out += export_rank(results / "rank")
     if (results / "emergence" / "metrics.csv").exists():
         out += export_emergence(results / "emergence")
+    if (results / EXPOSURE_SOURCE).exists():
+        out += export_exposure(results)
     return out
 
 
