@@ -63,7 +63,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         plan.rounds = {s: args.rounds for s in SHAPES}
     if args.compile_layers:
         plan.compile_layers = args.compile_layers
-    plan.compile_archs = args.compile_archs or [a for a in ("decoder", "encdec") if a in plan.archs] or plan.archs[:1]
+    plan.compile_archs = args.compile_archs or [a for a in plan.compile_archs if a in plan.archs] or plan.archs[:1]
     plan.ensemble_archs = [a for a in plan.ensemble_archs if a in plan.archs] or plan.archs[:1]
     if args.ensemble_k:
         plan.ensemble_k = args.ensemble_k
