@@ -240,3 +240,20 @@ def test_sampling_draws_only_from_the_top_k_and_top_p_sets():
     # top-k first, then top-p on the renormalised survivors: 0.40/0.65 = 0.615 >= 0.6 leaves one
     assert set(draws(top_k=2, top_p=0.6)) == {3}
     assert set(draws()) == set(range(6))  # unfiltered sampling reaches every token
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_answer_logprobs_fixed_shape_padding_changes_nothing(arch):
+    """Scoring at a larger fixed shape (extra positions and rows, no eval weight) gives the same
+    per-token log-probs as the tight batch; too small a shape is refused."""
+    model = small(arch, "rope")
+    examples = [Example([30, 31, 32], [40, 41, 42, vocab.EOS]), Example([33, 34], [43, vocab.EOS])]
+    tight = answer_logprobs(model, examples)
+    padded = answer_logprobs(model, examples, seq_len=14, rows=5)
+    assert [a.size for a in tight] == [4, 2] and [a.size for a in padded] == [4, 2]
+    for a, b in zip(tight, padded):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="seq_len=8"):
+        answer_logprobs(model, examples, seq_len=8)
+    with pytest.raises(ValueError, match="rows=1"):
+        answer_logprobs(model, examples, rows=1)

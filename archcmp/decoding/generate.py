@@ -179,11 +179,28 @@ def teacher_forced_logprobs(model, batch: dict) -> Array:
     return jnp.where(jnp.asarray(batch["eval_weights"]) > 0, lp, 0.0)
 
 
-def answer_logprobs(model, examples: Sequence[Example]) -> list[np.ndarray]:
-    """Per-example log-probs of each target token (one example per row).  -> list of float32 [m]."""
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _teacher_forced_jit(graphdef, params, batch):
+    return teacher_forced_logprobs(nnx.merge(graphdef, params), batch)
+
+
+def answer_logprobs(model, examples: Sequence[Example], seq_len: int | None = None,
+                    rows: int | None = None) -> list[np.ndarray]:
+    """Per-example log-probs of each target token (one example per row).  -> list of float32 [m].
+
+    One compiled forward pass per batch shape: ``seq_len`` (>= every example's footprint; default
+    the longest) and ``rows`` (>= len(examples); default len(examples)) fix that shape, so callers
+    scoring many batches of varying length pay for one compilation. Padding rows and positions
+    carry no eval weight and leave the real rows' numbers unchanged (up to float rounding)."""
     from archcmp.data.formatters import make_formatter
-    seq_len = max(ex.footprint for ex in examples)
+    need = max(ex.footprint for ex in examples)
+    seq_len = need if seq_len is None else seq_len
+    if seq_len < need:
+        raise ValueError(f"answer_logprobs: seq_len={seq_len} < longest example footprint {need}")
+    if rows is not None and rows < len(examples):
+        raise ValueError(f"answer_logprobs: rows={rows} < {len(examples)} examples")
     fmt = make_formatter(model.cfg.arch, seq_len)
-    batch = fmt([[ex] for ex in examples])
-    lp = np.asarray(teacher_forced_logprobs(model, batch))
+    batch = fmt([[ex] for ex in examples], rows)
+    graphdef, params = nnx.split(model)
+    lp = np.asarray(_teacher_forced_jit(graphdef, params, batch))
     return [lp[b][batch["eval_weights"][b] > 0] for b in range(len(examples))]

@@ -99,6 +99,7 @@ def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0
     longest = max(len(ex.inputs) for ex in exs)
     if cfg.pos_encoding == "learned":  # a learned table ends at max_len: keep prompt + answer inside it
         max_new = max(1, min(max_new, cfg.max_len - longest - 3))
+    samples_per_prompt = max(1, samples)
     rows = []
     for i, (name, knobs) in enumerate(SWEEP):
         if settings is not None and name not in settings:
@@ -114,7 +115,10 @@ def evaluate_run(loaded, prompts: int, samples: int, max_new: int, seed: int = 0
             kept = list(strip(row, vocab.EOS, vocab.PAD))
             ended = vocab.EOS in row.tolist()
             answers.append(np.asarray(kept + ([vocab.EOS] if ended or not kept else []), np.int32))
-        lps = answer_logprobs(loaded.model, [Example(x, y) for x, y in zip(inputs, answers)])
+        # one scoring shape for every setting (longest prompt + longest answer incl. EOS; all
+        # sampled rows), so the teacher-forced pass compiles once per model, not once per setting
+        lps = answer_logprobs(loaded.model, [Example(x, y) for x, y in zip(inputs, answers)],
+                              seq_len=longest + max_new + 3, rows=len(exs) * samples_per_prompt)
         per_prompt = lambda a: [a[p * k:(p + 1) * k] for p in range(len(exs))]  # noqa: E731
         m = score_samples(exs, [ex.targets for ex in exs], per_prompt(list(toks)),
                           per_prompt([float(lp.mean()) for lp in lps]), vocab.EOS, vocab.PAD)
