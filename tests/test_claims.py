@@ -75,6 +75,23 @@ def test_two_clear_seeds_are_still_not_enough(tmp_path):
     assert out.verdict == "inconclusive" and out.reason.startswith("n_seeds=2 < 3 (would be supported)")
 
 
+def test_refutation_needs_the_favoured_arm_to_have_learned(tmp_path):
+    # both arms tie at every condition: a clear refutation of "a > b by 0.05" ...
+    tie = {"x1": [0.0, 0.001, -0.001], "x2": [0.0, 0.002, -0.002]}
+    failed = seed_table(tmp_path / "failed.csv", diff_rows(tie, base=0.01))
+    assert apply_rule(rule(failed, min_effect=0.05), tmp_path).verdict == "refuted"
+    # ... unless a never learned (mean 0.01 < 0.5): then no condition votes against
+    out = apply_rule(rule(failed, min_effect=0.05, refute_needs_a_mean=0.5), tmp_path)
+    assert out.verdict == "inconclusive" and "0 against" in out.reason
+    assert "did not learn (mean < 0.5) at x1, x2" in out.reason
+    # a tie between two arms that both learned still refutes
+    learned = seed_table(tmp_path / "learned.csv", diff_rows(tie, base=0.9))
+    assert apply_rule(rule(learned, min_effect=0.05, refute_needs_a_mean=0.5), tmp_path).verdict == "refuted"
+    # a clear gain still counts for even where a is below the bar
+    gain = seed_table(tmp_path / "gain.csv", diff_rows({"x1": [0.3, 0.31, 0.29], "x2": [0.2, 0.21, 0.19]}, base=0.0))
+    assert apply_rule(rule(gain, min_effect=0.05, refute_needs_a_mean=0.5), tmp_path).verdict == "supported"
+
+
 def test_missing_evidence_is_not_run(tmp_path):
     out = apply_rule(rule("nowhere/seeds.csv"), tmp_path)
     assert out.verdict == "not run" and "nowhere/seeds.csv" in out.reason
@@ -228,6 +245,8 @@ def minimal(**claim):
     ({"rule": {"prose": "p", **rule("t.csv")}}, "C01.rule.rule_written = None"),
     ({"rule": {"rule_written": "2026-12-03", "prose": "p", **rule("t.csv", direction="up")}},
      "C01.rule.direction = 'up': must be one of equal, greater, less"),
+    ({"rule": {"rule_written": "2026-12-03", "prose": "p", **rule("t.csv", refute_needs_a_mean="x")}},
+     "C01.rule.refute_needs_a_mean = 'x': must be a finite number"),
     ({"testable": False, "rule": None}, "C01.reason = '': an untestable claim must say why"),
     ({"sources": ["007"]}, "C01.sources = ['007']"),
     ({"colour": 1}, "C01.colour = 1: unknown key"),

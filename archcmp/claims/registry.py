@@ -7,6 +7,7 @@ of equal, greater, less``.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ CLAIM_KEYS = {"id", "sources", "claim", "testable", "reason", "experiments", "me
 RULE_KEYS = {
     "seed_difference": ({"table", "metric", "a", "direction"},
                         {"b", "paired", "conditions", "min_conditions", "min_fraction", "margin",
-                         "min_effect", "interval", "level"}),
+                         "min_effect", "interval", "level", "refute_needs_a_mean"}),
     "criterion": ({"path", "on_met", "on_not_met"}, set()),
     "fit_comparison": ({"table", "fit", "parameter", "a", "b", "direction"}, set()),
     "holdout_prediction": ({"table", "groups", "min_groups"}, set()),
@@ -195,6 +196,10 @@ def _rule(rule, where, top=False):
             _fail(where, "interval", rule["interval"], "must be 't' or 'bootstrap'")
         if "b" not in rule and rule["direction"] == "equal":
             _fail(where, "b", None, "direction 'equal' compares two groups")
+        guard = rule.get("refute_needs_a_mean")
+        if guard is not None and not (isinstance(guard, (int, float)) and not isinstance(guard, bool)
+                                      and math.isfinite(guard)):
+            _fail(where, "refute_needs_a_mean", guard, "must be a finite number")
     if kind == "criterion":
         for key in ("on_met", "on_not_met"):
             if rule[key] not in VERDICT_OPTIONS:

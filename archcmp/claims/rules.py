@@ -8,7 +8,9 @@ Rule kinds (keys as in ``seeds/claims.yaml``; validated by :mod:`archcmp.claims.
   the interval lies beyond ``min_effect`` (default 0) in the claimed ``direction`` (``greater`` /
   ``less``) and *against* it when it lies wholly on the other side of ``min_effect``; for
   ``equal`` it counts for when the interval is inside ``[-margin, margin]`` and against when it
-  is wholly outside. Supported if >= m conditions count for (``min_conditions``, or
+  is wholly outside. With ``refute_needs_a_mean: x`` a condition may count against only if the
+  mean of ``a`` over seeds is >= x (the arm the claim favours learned the task there); otherwise
+  it votes neither way. Supported if >= m conditions count for (``min_conditions``, or
   ``min_fraction`` of the conditions listed or present), refuted if >= m count against.
 * ``criterion``: a ``criterion.json``; ``on_met`` / ``on_not_met`` give the verdict. A criterion
   whose prerequisite failed (``"prerequisite_met": false``) was not judged: inconclusive, whatever
@@ -138,7 +140,8 @@ def _seed_difference(rule, path) -> Outcome:
     listed = rule.get("conditions")
     conds = [str(c) for c in listed] if listed else sorted(d["condition"].unique())
     label = f"{a} − {b}" if b is not None else a
-    lines, votes, points, ns, dropped, absent = [], [], [], [], 0, []
+    needs_a = float(rule["refute_needs_a_mean"]) if "refute_needs_a_mean" in rule else None
+    lines, votes, points, ns, dropped, absent, unlearned = [], [], [], [], 0, [], []
     for cond in conds:
         va, da = _cell(d, cond, a)
         vb, db = _cell(d, cond, b) if b is not None else (None, 0)
@@ -160,10 +163,14 @@ def _seed_difference(rule, path) -> Outcome:
             n = min(len(va), len(vb))
             m, lo, hi = ev.welch_interval(va.to_numpy(), vb.to_numpy(), level)
         v = _vote(lo, hi, direction, margin, min_effect)
+        guard = ""
+        if v == -1 and needs_a is not None and float(va.mean()) < needs_a:
+            v, guard = 0, f"; {a} mean {fmt(float(va.mean()))} < {fmt(needs_a)}: not learned, no vote against"
+            unlearned.append(cond)
         votes.append(v)
         points.append(_vote(m, m, direction, margin, min_effect) == 1)
         ns.append(n)
-        lines.append(f"{cond}: {label} = {fmt_interval(m, lo, hi)} (n={n})")
+        lines.append(f"{cond}: {label} = {fmt_interval(m, lo, hi)} (n={n}){guard}")
     if not votes:
         return Outcome(NOT_RUN, "seed_difference",
                        reason=f"no {metric} values for {label} under {', '.join(conds)}")
@@ -179,6 +186,8 @@ def _seed_difference(rule, path) -> Outcome:
         notes.append(f"no data for {', '.join(absent)}")
     if dropped:
         notes.append(f"{dropped} non-finite values dropped")
+    if unlearned:
+        notes.append(f"{a} did not learn (mean < {fmt(needs_a)}) at {', '.join(unlearned)}: no vote against there")
     tally = f"{n_for} of {n_conds} conditions for, {n_against} against, need {need}"
     if min(ns) < MIN_SEEDS:  # too few seeds for intervals to decide: say where the means point
         notes.insert(0, f"means in the claimed direction at {sum(points)} of {len(points)}")
