@@ -96,3 +96,48 @@ def test_probe_masks_on_the_pairs_layout_mark_trigger_inputs(arch):
             assert earlier and all(targets[i, k] == targets[i, q] for k in earlier)
         for q in f:
             assert not any(inputs[i, k] == inputs[i, q] for k in range(q))
+
+
+def test_prefix_lm_on_the_pairs_layout_is_the_decoder_up_to_a_constant_bos_state():
+    """With no prompt the prefix LM's bidirectional prefix is ``BOS SEP``: its mask adds one entry
+    to the decoder's, BOS looking at SEP, two fixed tokens at fixed positions. So with the same
+    weights a one-layer model gives every later position exactly the decoder's logits, and BOS one
+    vector that is the same in every row (not the decoder's). Stacking layers, the prefix LM is the
+    decoder with a different constant at position 0: the same information reaches every body token."""
+    import jax
+    from flax import nnx
+
+    from archcmp.analysis.induction.cli import probe_set
+    from archcmp.analysis.rank.cli import TaskCache
+    from archcmp.model import masks
+    from archcmp.model.config import ModelConfig
+    from archcmp.model.models import build_model
+
+    def batch_of(arch):
+        run = SimpleNamespace(config={"task": {"name": "induction", "params": dict(PAIRS), "seq_len": 31}}, arch=arch)
+        return probe_set(run, TaskCache(), 6)[0]
+
+    dec, pre = batch_of("decoder"), batch_of("prefix_lm")
+    for key in ("inputs", "targets", "segment_ids", "positions"):
+        assert np.array_equal(dec[key], pre[key]), key
+    real = dec["segment_ids"] > 0
+    assert np.array_equal(pre["prefix_mask"], real & (np.arange(31)[None] < 2))  # BOS SEP only
+
+    m_dec = np.asarray(masks.self_attention_mask("decoder", dec["segment_ids"], dec["positions"]))
+    m_pre = np.asarray(masks.self_attention_mask("prefix_lm", pre["segment_ids"], pre["positions"],
+                                                 pre["prefix_mask"]))
+    assert not (m_dec & ~m_pre).any()
+    assert np.argwhere(m_pre & ~m_dec).tolist() == [[b, 0, 0, 1] for b in range(6)]
+
+    def logits(arch, batch):
+        cfg = ModelConfig(arch=arch, vocab_size=64, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=31,
+                          mlp=False, pos_encoding="learned", init_std=0.125, scan_layers=False)
+        model = build_model(cfg, 3)
+        return nnx.state(model, nnx.Param), np.asarray(model(batch))
+
+    p_dec, l_dec = logits("decoder", {k: dec[k] for k in ("inputs", "segment_ids", "positions")})
+    p_pre, l_pre = logits("prefix_lm", {k: pre[k] for k in ("inputs", "segment_ids", "positions", "prefix_mask")})
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p_dec), jax.tree.leaves(p_pre)))
+    np.testing.assert_array_equal(l_pre[:, 1:], l_dec[:, 1:])  # every position after BOS: the decoder's
+    assert np.abs(l_pre[:, 0] - l_dec[:, 0]).max() > 1e-3  # BOS: another state than the decoder's ...
+    np.testing.assert_allclose(l_pre[:, 0], np.broadcast_to(l_pre[:1, 0], l_pre[:, 0].shape), rtol=0, atol=1e-6)
