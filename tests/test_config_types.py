@@ -119,6 +119,18 @@ def test_every_model_field_is_typed_as_model_dot_field(field):
         assert str(err.value).startswith(f"model.{field}="), (bad, str(err.value))
 
 
+@pytest.mark.parametrize("value, ok", [(["local", "dense"], True), ("local", False), ([1, "dense"], False)])
+def test_layer_patterns_is_a_list_of_names(value, ok):
+    """``model.layer_patterns=[local,dense]`` passes the type check (ModelConfig checks the names)."""
+    cfg = _plain([])
+    cfg["model"] = {"layer_patterns": value}
+    if ok:
+        parse(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"^model\.layer_patterns="):
+            parse(cfg)
+
+
 @pytest.mark.parametrize("value, ok", [("full", True), (8, True), ("x", False), (0, False), (True, False)])
 def test_batch_size_is_a_positive_integer_or_full(value, ok):
     cfg = _plain([])

@@ -144,6 +144,11 @@ def _model_field_check(annotation: Any) -> Check:
             if not _is_num(v):
                 raise _error(path, v, "must be a number")
         return number
+    if typing.get_origin(hint) in (tuple, list):  # e.g. layer_patterns: a list of names
+        def names(path: str, v: Any) -> None:
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise _error(path, v, "must be a list of names (strings)")
+        return names
 
     def text(path: str, v: Any) -> None:
         if not isinstance(v, str):
