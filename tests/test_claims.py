@@ -419,10 +419,16 @@ def test_c41_reads_the_combined_four_arch_ladder_table(tmp_path, shift, verdict)
         m, pl = _ladder_tables(arch, exact)
         m.to_csv(res / "emergence" / folder / "metrics.csv", index=False)
         pl.to_csv(res / "emergence" / folder / "pl_check.csv", index=False)
+        (res / "emergence" / folder / "criterion.json").write_text("{}")
+    partial = res / "emergence" / "ladder3000_archs" / "encdec"  # probed without --criterion: left out
+    partial.mkdir()
+    for name, frame in zip(("metrics.csv", "pl_check.csv"), _ladder_tables("encdec", {"femto": [0.5] * 3})):
+        frame.to_csv(partial / name, index=False)
     table = res / "emergence" / "ladder3000_archs" / "seeds.csv"
     assert seed_tables.export_emergence_archs(res) == [table]
     text = table.read_text()
     assert "tiny,encoder,2,final_exact_match,0.72" in text and "encoder,exact_match,0,breakthroughness," in text
+    assert "encdec" not in text
     c41 = next(c for c in load_registry(REPO / "seeds" / "claims.yaml") if c.id == "C41")
     assert evaluate(c41, tmp_path).verdict == verdict
 
@@ -436,5 +442,6 @@ def test_combined_ladder_table_refuses_an_architecture_twice(tmp_path):
         m, pl = _ladder_tables("decoder", {"femto": [0.1, 0.2, 0.3], "nano": [0.5, 0.6, 0.7]})
         m.to_csv(res / "emergence" / folder / "metrics.csv", index=False)
         pl.to_csv(res / "emergence" / folder / "pl_check.csv", index=False)
+        (res / "emergence" / folder / "criterion.json").write_text("{}")
     with pytest.raises(ValueError, match="'decoder' appears in both"):
         seed_tables.export_emergence_archs(res)

@@ -313,8 +313,11 @@ ARCHS_FOLDER = Path("emergence") / "ladder3000_archs"  # one sub-folder of probe
 
 def export_emergence_archs(results: Path) -> list[Path]:
     """``ladder3000_archs/seeds.csv``: the decoder's committed ladder tables plus every
-    ``ladder3000_archs/<arch>/`` probe output of the same recipe, as one per-seed table."""
-    folders = [results / ARCHS_BASE] + sorted(p.parent for p in (results / ARCHS_FOLDER).glob("*/metrics.csv"))
+    ``ladder3000_archs/<arch>/`` probe output of the same recipe, as one per-seed table. Only a
+    judged ladder enters (its folder has the ``--criterion`` output ``criterion.json``), so a partial
+    probe of some sizes never feeds the claims."""
+    folders = [results / ARCHS_BASE] + sorted(p.parent for p in (results / ARCHS_FOLDER).glob("*/metrics.csv")
+                                              if (p.parent / "criterion.json").exists())
     metrics = [pd.read_csv(f / "metrics.csv") for f in folders]
     seen: dict[str, Path] = {}
     for f, m in zip(folders, metrics):
