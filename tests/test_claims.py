@@ -403,3 +403,64 @@ def test_ladder_holdout_puts_a_true_power_law_inside_and_a_shifted_top_outside()
     assert off["observed"] == pytest.approx(on["observed"] + 0.3)
     assert off["predicted"] == pytest.approx(on["predicted"])  # the held-out size is not fitted
     assert off["observed"] > off["hi"]
+
+
+def _ladder_tables(arch: str, exact: dict[str, list[float]]) -> tuple:
+    """Probe tables (metrics.csv, pl_check.csv) of one architecture's ladder: exact match per size
+    and seed as given, per-token accuracy its fourth root (4-token answers)."""
+    import pandas as pd
+
+    params = {"femto": 7712, "pico": 27712, "nano": 60000, "micro": 203392, "tiny": 800000}
+    rows, pl = [], []
+    for size, values in exact.items():
+        for seed, v in enumerate(values):
+            run = f"{arch}-{size}-add3r-s{seed}"
+            keys = {"step": 3000, "seed": seed, "params": params[size], "size": size, "arch": arch, "run": run}
+            for metric, m in (("exact_match", v), ("token_accuracy", v ** 0.25),
+                              ("edit_distance", 4 * (1 - v ** 0.25)), ("target_loglik", 4 * math.log(v ** 0.25))):
+                rows.append({**keys, "metric": metric, "mean": m})
+            pl.append({**keys, "observed": v, "predicted_positional": v})
+    return pd.DataFrame(rows), pd.DataFrame(pl)
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.2, "supported"), (-0.2, "refuted"), (0.0, "inconclusive")])
+def test_c41_reads_the_combined_four_arch_ladder_table(tmp_path, shift, verdict):
+    """Decoder ladder in emergence/ladder3000/, encoder ladder in ladder3000_archs/encoder/: the
+    exporter joins them and C41 (decoder minus encoder exact match per size) votes as constructed."""
+    from archcmp.analysis.seeds import cli as seed_tables
+
+    res = tmp_path / "experiments" / "results"
+    enc_exact = {s: [0.3 + 0.1 * i + 0.01 * k for k in range(3)] for i, s in enumerate(("femto", "pico", "nano", "micro", "tiny"))}
+    jitter = (0.01, -0.01, 0.0) if shift == 0.0 else (0.0, 0.01, 0.02)
+    dec_exact = {s: [v + shift + j for v, j in zip(vals, jitter)] for s, vals in enc_exact.items()}
+    for arch, exact, folder in (("decoder", dec_exact, "ladder3000"), ("encoder", enc_exact, "ladder3000_archs/encoder")):
+        (res / "emergence" / folder).mkdir(parents=True)
+        m, pl = _ladder_tables(arch, exact)
+        m.to_csv(res / "emergence" / folder / "metrics.csv", index=False)
+        pl.to_csv(res / "emergence" / folder / "pl_check.csv", index=False)
+        (res / "emergence" / folder / "criterion.json").write_text("{}")
+    partial = res / "emergence" / "ladder3000_archs" / "encdec"  # probed without --criterion: left out
+    partial.mkdir()
+    for name, frame in zip(("metrics.csv", "pl_check.csv"), _ladder_tables("encdec", {"femto": [0.5] * 3})):
+        frame.to_csv(partial / name, index=False)
+    table = res / "emergence" / "ladder3000_archs" / "seeds.csv"
+    assert seed_tables.export_emergence_archs(res) == [table]
+    text = table.read_text()
+    assert "tiny,encoder,2,final_exact_match,0.72" in text and "encoder,exact_match,0,breakthroughness," in text
+    assert "encdec" not in text
+    c41 = next(c for c in load_registry(REPO / "seeds" / "claims.yaml") if c.id == "C41")
+    assert evaluate(c41, tmp_path).verdict == verdict
+
+
+def test_combined_ladder_table_refuses_an_architecture_twice(tmp_path):
+    from archcmp.analysis.seeds import cli as seed_tables
+
+    res = tmp_path / "experiments" / "results"
+    for folder in ("ladder3000", "ladder3000_archs/decoder"):
+        (res / "emergence" / folder).mkdir(parents=True)
+        m, pl = _ladder_tables("decoder", {"femto": [0.1, 0.2, 0.3], "nano": [0.5, 0.6, 0.7]})
+        m.to_csv(res / "emergence" / folder / "metrics.csv", index=False)
+        pl.to_csv(res / "emergence" / folder / "pl_check.csv", index=False)
+        (res / "emergence" / folder / "criterion.json").write_text("{}")
+    with pytest.raises(ValueError, match="'decoder' appears in both"):
+        seed_tables.export_emergence_archs(res)

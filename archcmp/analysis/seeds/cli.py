@@ -15,6 +15,9 @@ writes, next to them, what :mod:`archcmp.claims` reads:
 * ``scaling/ladder/extrapolation.csv`` (+ ``extrapolation.png``): per seed, the ladder's L(C)
   fitted without its largest size and that size's predicted and observed loss; the interval is
   the t-interval over seeds of predicted minus observed, paired by seed (C21);
+* ``emergence/ladder3000_archs/seeds.csv``: the same per-seed emergence table over the decoder's
+  3,000-step ladder (``emergence/ladder3000/``) and the other architectures' ladders of that recipe
+  (``emergence/ladder3000_archs/<arch>/``), concatenated (C24 part 2, C25, C41);
 * ``exposure/seeds.csv`` (+ ``gap.csv``, ``gap.png``): the emergence ladder's decoder scored
   teacher-forced and free-running on the same examples (C06, :mod:`.exposure`).
 
@@ -304,6 +307,29 @@ def export_emergence(folder: Path) -> list[Path]:
     return [_write(t, folder / "seeds.csv", SEED_COLUMNS)]
 
 
+ARCHS_BASE = Path("emergence") / "ladder3000"        # the decoder's ladder (its runs are not kept)
+ARCHS_FOLDER = Path("emergence") / "ladder3000_archs"  # one sub-folder of probe tables per other arch
+
+
+def export_emergence_archs(results: Path) -> list[Path]:
+    """``ladder3000_archs/seeds.csv``: the decoder's committed ladder tables plus every
+    ``ladder3000_archs/<arch>/`` probe output of the same recipe, as one per-seed table. Only a
+    judged ladder enters (its folder has the ``--criterion`` output ``criterion.json``), so a partial
+    probe of some sizes never feeds the claims."""
+    folders = [results / ARCHS_BASE] + sorted(p.parent for p in (results / ARCHS_FOLDER).glob("*/metrics.csv")
+                                              if (p.parent / "criterion.json").exists())
+    metrics = [pd.read_csv(f / "metrics.csv") for f in folders]
+    seen: dict[str, Path] = {}
+    for f, m in zip(folders, metrics):
+        for arch in m["arch"].unique():
+            if arch in seen:
+                raise ValueError(f"seeds: architecture {arch!r} appears in both {seen[arch]} and {f}")
+            seen[arch] = f
+    t = emergence_seed_table(pd.concat(metrics, ignore_index=True),
+                             pd.concat([pd.read_csv(f / "pl_check.csv") for f in folders], ignore_index=True))
+    return [_write(t, results / ARCHS_FOLDER / "seeds.csv", SEED_COLUMNS)]
+
+
 # ----------------------------------------------------------------------------- CLI
 def export_all(results: Path) -> list[Path]:
     """Every exporter whose inputs exist under ``results``."""
@@ -316,6 +342,8 @@ def export_all(results: Path) -> list[Path]:
         out += export_rank(results / "rank")
     if (results / "emergence" / "metrics.csv").exists():
         out += export_emergence(results / "emergence")
+    if (results / ARCHS_FOLDER).is_dir() and (results / ARCHS_BASE / "metrics.csv").exists():
+        out += export_emergence_archs(results)
     if (results / EXPOSURE_SOURCE).exists():
         out += export_exposure(results)
     return out
