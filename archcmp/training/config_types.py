@@ -140,10 +140,7 @@ def _model_field_check(annotation: Any) -> Check:
                 raise _error(path, v, "must be an integer")
         return integer
     if hint is float:
-        def number(path: str, v: Any) -> None:
-            if not _is_num(v):
-                raise _error(path, v, "must be a number")
-        return number
+        return _number
     if typing.get_origin(hint) in (tuple, list):  # e.g. layer_patterns: a list of names
         def names(path: str, v: Any) -> None:
             if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
