@@ -163,12 +163,16 @@ def test_probe_masks_follow_the_pair_through_the_filler():
     assert len(starts) > 3  # not one fixed place
 
 
+OBJECTIVE = {"encoder": ["arch.objective=mlm", "arch.mlm_rate=0.3"]}  # the encoder is probed after MLM
+
+
 @pytest.mark.slow  # trains a run, then scores each checkpoint
-@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+@pytest.mark.parametrize("arch", ["decoder", "encdec", "encoder"])
 def test_induction_cli_end_to_end(tmp_path, arch):
     """A 4-step attention-only model on task=induction: the CLI loads every checkpoint (steps 0,
     2, 4) and writes its tables, figures and verdict (a 4-step model has no induction head).
-    encdec: the decoder side's self-attention is scored (two layers here, as in the decoder)."""
+    encdec: the decoder side's self-attention is scored (two layers here, as in the decoder).
+    encoder: trained by MLM, read on the masked-answer probe with the bidirectional score."""
     import json
 
     from omegaconf import OmegaConf
@@ -182,7 +186,8 @@ def test_induction_cli_end_to_end(tmp_path, arch):
                        "task.params.tokens=symbols", "task.params.n_symbols=40", "task.params.pairs=3",
                        "task.params.occurrences=2", "task.params.filler=8",
                        "model.pos_encoding=relative", "hydra.mode=RUN", f"arch={arch}",
-                       "size.shapes.encdec.n_enc_layers=1", "size.shapes.encdec.n_dec_layers=2"])
+                       "size.shapes.encdec.n_enc_layers=1", "size.shapes.encdec.n_dec_layers=2",
+                       *OBJECTIVE.get(arch, [])])
     run_dir = tmp_path / "runs" / "r0"
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)

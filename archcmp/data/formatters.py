@@ -12,7 +12,7 @@ Layouts for one example (x = inputs, n tokens; y = targets, m tokens):
              'span': T5 span corruption of x+y (``noising.span_corrupt``): enc_inputs = corrupted,
              targets = sentinel/span stream, inputs = BOS targets[:-1]
   encoder    'task': inputs = BOS x SEP MASK*m; targets = y at the MASK slots      (n+m+2)
-             'mlm':  BERT 80/10/10 masking over BOS x SEP y (BOS/SEP never chosen);
+             'mlm':  BERT 80/10/10 masking of ``mlm_rate`` of BOS x SEP y (BOS/SEP never chosen);
                      ``mlm_replacement='mask'``: every chosen token becomes MASK
 
 eval_weights marks exactly the positions predicting y in the task layouts (so all four
@@ -95,6 +95,8 @@ class Formatter:
             if enc_len < self.seq_len - 2:
                 raise ValueError(f"enc_len {enc_len} must be >= seq_len - 2 = {self.seq_len - 2}")
             object.__setattr__(self, "enc_len", enc_len)
+        if not 0 < self.mlm_rate < 1:
+            raise ValueError(f"mlm_rate must be in (0, 1), got {self.mlm_rate!r}")
         if self.mlm_replacement not in MLM_REPLACEMENTS:
             raise ValueError(f"mlm_replacement must be one of {list(MLM_REPLACEMENTS)}, got {self.mlm_replacement!r}")
         if self.objective == "mlm" and (self.vocab_size is None or self.vocab_size <= vocab.N_SPECIAL):

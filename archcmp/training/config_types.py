@@ -189,6 +189,11 @@ def _unit(path: str, v: Any) -> None:
         raise _error(path, v, "must be a number in [0, 1)")
 
 
+def _open_unit(path: str, v: Any) -> None:
+    if not (_is_num(v) and 0 < v < 1):
+        raise _error(path, v, "must be a number in (0, 1)")
+
+
 OPTIMIZERS = ("adamw",)
 
 
@@ -203,7 +208,7 @@ def _arch() -> dict[str, Check]:
     from archcmp.data.noising import MLM_REPLACEMENTS
 
     return {"name": one_of(*ARCHS), "objective": one_of("task", "mlm", "span"),
-            "loss_on": optional(one_of("targets", "all")), "mlm_replacement": one_of(*MLM_REPLACEMENTS)}
+            "loss_on": optional(one_of("targets", "all")), "mlm_replacement": one_of(*MLM_REPLACEMENTS), "mlm_rate": _open_unit}
 
 
 FINETUNE_HEADS = ("last", "mean", "first", "generate")

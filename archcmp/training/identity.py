@@ -40,7 +40,7 @@ IGNORED_TRAIN = ("progress", "resume", "skip_complete", "overwrite", "log_every"
                  "keep_checkpoints")
 # Settings added after runs had been made, left out of the identity at the value those runs had
 # (so an older run directory keeps matching): (group, key) -> that value.
-NEUTRAL_DEFAULTS = {("arch", "mlm_replacement"): "bert"}
+NEUTRAL_DEFAULTS = {("arch", "mlm_replacement"): "bert", ("arch", "mlm_rate"): 0.15}
 # Files whose presence means the directory already holds (part of) a run.
 RECORDS = ("identity.json", "summary.json", "metrics.jsonl", "config.yaml", "checkpoints", "ensemble.json")
 

@@ -79,7 +79,7 @@ def plan_run(s: RunSettings, shape: dict, seeds: list[int]) -> RunPlan:
 
 def _formatter(s: RunSettings, task: Task, T: int, enc_len: int | None) -> Formatter:
     options: dict[str, Any] = {"objective": s.objective, "vocab_size": task.tokenizer.vocab_size,
-                               "mlm_replacement": s.mlm_replacement}
+                               "mlm_replacement": s.mlm_replacement, "mlm_rate": s.mlm_rate}
     if arch_spec(s.arch).default_loss_on is not None:  # loss_on is a choice (decoder, prefix_lm)
         options["loss_on"] = s.loss_on
     try:

@@ -132,6 +132,7 @@ class RunSettings:
     device: Any = None
     distributed: Any = None
     mlm_replacement: str = "bert"  # arch.mlm_replacement (objective=mlm): "bert" 80/10/10 or "mask"
+    mlm_rate: float = 0.15  # arch.mlm_rate (objective=mlm): share of the tokens chosen, in (0, 1)
     finetune: FinetuneSettings | None = None  # set when finetune.from names a run
 
     def reference_config(self, vocab_size: int) -> ModelConfig:
@@ -275,13 +276,17 @@ def parse(cfg: Mapping[str, Any], typed: bool = True) -> tuple[RunSettings, dict
     if mlm_replacement != "bert" and _get(cfg, "arch.objective") != "mlm":
         raise ConfigError(f"arch.mlm_replacement={mlm_replacement!r}: applies to arch.objective=mlm only "
                           f"(the objective is {_get(cfg, 'arch.objective')!r})")
+    mlm_rate = cfg["arch"].get("mlm_rate", 0.15)
+    if mlm_rate != 0.15 and _get(cfg, "arch.objective") != "mlm":
+        raise ConfigError(f"arch.mlm_rate={mlm_rate!r}: applies to arch.objective=mlm only "
+                          f"(the objective is {_get(cfg, 'arch.objective')!r})")
     settings = RunSettings(
         seed=seed, arch=arch, size=str(_get(cfg, "size.name")), objective=str(_get(cfg, "arch.objective")),
         loss_on=cfg["arch"].get("loss_on"), experiment=str(cfg.get("experiment_name", "default")),
         run_name=str(cfg.get("run_name", "run")), task=task, train=train, optim=optim, logger=logger,
         model_overrides={k: v for k, v in (cfg.get("model") or {}).items() if v is not None}, reference_shape=dict(shapes.get("decoder", shapes[arch])),
         mesh=parse_mesh(cfg), device=parse_device(cfg), distributed=parse_distributed(cfg),
-        mlm_replacement=mlm_replacement, finetune=parse_finetune(cfg))
+        mlm_replacement=mlm_replacement, mlm_rate=float(mlm_rate), finetune=parse_finetune(cfg))
     try:  # every model field checked now, as a config error (the vocabulary size comes later, from the task)
         settings.model_config(128, shapes[arch])
     except ValueError as err:

@@ -4,7 +4,12 @@ For every run under the PATHs (trained on ``task=induction``: a random segment, 
 and every saved checkpoint, on the same fixed validation sequences (one per row, no packing).
 Architectures that generate left to right are read: the decoder, the prefix LM (its prefix is
 just BOS SEP with ``prompt='none'``) and the encoder-decoder (its decoder side; the encoder gets
-no inputs). The encoder (mask filling) is refused. Per run and checkpoint:
+no inputs). A mask-filling architecture (the encoder, trained with ``arch.objective=mlm`` on
+``layout=pairs``) is read on masked answers instead (:func:`masked_answer_probe`): ``repeat`` =
+one occurrence of a pair's answer masked, its other occurrences visible; ``first`` = every
+occurrence of a pair's answer masked (nothing to copy); the head score is then
+:func:`bidirectional_matching_scores`, written to the same ``prefix_matching`` column. Per run and
+checkpoint:
 
 * ``first_loss`` / ``repeat_loss``: mean next-token cross-entropy on the first occurrence of the
   segment (tokens 2..L, unpredictable: ln n_symbols at best) and on its repeat (tokens 2..L of the
@@ -48,6 +53,24 @@ from archcmp.analysis.common.cli import out_dir, probe_parser
 STRIDES = tuple(range(1, 9))  # look-back distances scored per head (1: previous token / induction proper)
 
 
+def _target_mass(attn: np.ndarray, match: np.ndarray, tokens: np.ndarray, valid: np.ndarray,
+                 queries: np.ndarray | None, stride: int, allowed: np.ndarray) -> np.ndarray:
+    """Mean attention mass from a query q on the keys k (``allowed`` [Tq, Tk]) whose token ``stride``
+    back equals ``match[b, q]``, over the valid queries (in ``queries``) that have such a key. -> [H]"""
+    attn, tokens, valid = np.asarray(attn, np.float64), np.asarray(tokens), np.asarray(valid, bool)
+    B, H, T, _ = attn.shape
+    k = np.arange(T)[None, :]
+    prev = np.concatenate([np.full((B, stride), -1), tokens[:, :T - stride]], axis=1)  # token d before each key
+    target = (prev[:, None, :] == np.asarray(match)[:, :, None]) & (k >= stride) & allowed  # [B, Tq, Tk]
+    target &= valid[:, :, None] & valid[:, None, :]
+    if queries is not None:
+        target &= np.asarray(queries, bool)[:, :, None]
+    has = target.any(-1)  # [B, Tq]
+    mass = np.einsum("bhqk,bqk->bhq", attn, target.astype(np.float64))  # [B, H, Tq]
+    n = has.sum()
+    return (mass * has[:, None, :]).sum(axis=(0, 2)) / max(n, 1)
+
+
 def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray,
                            queries: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
     """Per-head prefix-matching score.  attn [B, H, T, T] (query, key), tokens [B, T], valid [B, T].
@@ -64,18 +87,31 @@ def prefix_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarr
     strided induction circuit, whose first-layer head reads d positions back rather than one (a
     segment at least d long can be completed that way too). d = 1 is the induction head proper.
     """
-    attn, tokens, valid = np.asarray(attn, np.float64), np.asarray(tokens), np.asarray(valid, bool)
-    B, H, T, _ = attn.shape
-    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
-    prev = np.concatenate([np.full((B, stride), -1), tokens[:, :T - stride]], axis=1)  # token d before each key
-    target = (prev[:, None, :] == tokens[:, :, None]) & (k >= stride) & (k <= q)  # [B, Tq, Tk]
-    target &= valid[:, :, None] & valid[:, None, :]
-    if queries is not None:
-        target &= np.asarray(queries, bool)[:, :, None]
-    has = target.any(-1)  # [B, Tq]
-    mass = np.einsum("bhqk,bqk->bhq", attn, target.astype(np.float64))  # [B, H, Tq]
-    n = has.sum()
-    return (mass * has[:, None, :]).sum(axis=(0, 2)) / max(n, 1)
+    T = np.shape(attn)[-1]
+    earlier = np.arange(T)[None, :] <= np.arange(T)[:, None]  # k <= q
+    return _target_mass(attn, tokens, tokens, valid, queries, stride, earlier)
+
+
+def bidirectional_matching_scores(attn: np.ndarray, tokens: np.ndarray, valid: np.ndarray,
+                                  queries: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
+    """Per-head prefix-matching score of a model that fills masks in place, both sides visible.
+    attn [B, H, T, T] (query, key), tokens [B, T] (the model's inputs, MASK at the masked slots),
+    valid [B, T], ``queries`` [B, T]: the masked slots scored (the analysis passes the answers that
+    have a visible occurrence elsewhere).
+
+    A masked slot p does not hold its own token; what says where to look is the token before it,
+    its trigger T = tokens[p-1]. The *targets* are the other keys k != p, earlier **or later**,
+    whose preceding token is T as well: the other occurrences' answers, the tokens to copy. The
+    score is the attention mass on them, averaged over the queries that have at least one. A head
+    reading the other answers scores 1, a head on the trigger itself ~0 (the token before the
+    trigger is random), a uniform head about #targets / #keys. ``stride`` d > 1 matches the tokens
+    d back on both sides (tokens[k-d] == tokens[p-d]). -> [H]
+    """
+    tokens = np.asarray(tokens)
+    B, T = tokens.shape
+    before = np.concatenate([np.full((B, stride), -2), tokens[:, :T - stride]], axis=1)  # token d before each query
+    others = ~np.eye(T, dtype=bool)  # k != p, either side
+    return _target_mass(attn, before, tokens, valid, queries, stride, others)
 
 
 def previous_token_scores(attn: np.ndarray, valid: np.ndarray, offset: int = 1) -> np.ndarray:
@@ -186,10 +222,54 @@ def criterion(phase: pd.DataFrame, max_window: float = 0.5) -> dict:
 
 
 # ----------------------------------------------------------------------------- per run
+def masked_answer_probe(task, exs, seq_len: int, seed: int = 0):
+    """The mask-filling probe of ``layout=pairs`` examples: (batch, first, repeat), [B, T] each.
+
+    Each example is laid out as the MLM objective lays it out (``BOS SEP body EOS``, one row, no
+    shift: a masked slot predicts its own token), with no other noise. Its pairs (found by
+    :meth:`~archcmp.data.context_tasks.InductionTask.scored_targets`, grouped by trigger) get one of
+    two roles, drawn per example from ``seed``: in half of them (rounded up) exactly one occurrence's
+    answer becomes MASK, which one drawn at random so the visible copies are earlier, later or both
+    (``repeat``: recoverable only by copying); in the others every occurrence's answer becomes MASK
+    (``first``: nothing to copy, the baseline). Triggers and filler stay visible."""
+    from archcmp.data import vocab
+
+    if getattr(task, "layout", None) != "pairs":
+        raise ValueError("induction: the masked-answer probe (mask-filling archs) reads task.params.layout=pairs")
+    rng = np.random.default_rng(seed)
+    B = len(exs)
+    batch = {k: np.zeros((B, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
+    first = np.zeros((B, seq_len), bool)
+    repeat = np.zeros_like(first)
+    for i, ex in enumerate(exs):
+        if len(ex.inputs):
+            raise ValueError("induction: the masked-answer probe reads prompt='none' examples")
+        row = np.concatenate([[vocab.BOS, vocab.SEP], ex.targets]).astype(np.int32)
+        if row.size > seq_len:
+            raise ValueError(f"induction: {row.size} tokens exceed task.seq_len={seq_len}")
+        f, r = task.scored_targets(ex)
+        answers = np.sort(np.concatenate([f, r])) + 2  # answer positions in the row
+        by_trigger: dict[int, list[int]] = {}
+        for a in answers:
+            by_trigger.setdefault(int(row[a - 1]), []).append(int(a))
+        groups = list(by_trigger.values())
+        roles = rng.permutation(len(groups)) < (len(groups) + 1) // 2  # True: one answer masked
+        for group, one in zip(groups, roles):
+            masked = [group[rng.integers(len(group))]] if one else group
+            (repeat if one else first)[i, masked] = True
+        slots = first[i] | repeat[i]
+        batch["targets"][i, :row.size] = np.where(slots[:row.size], row, 0)
+        batch["inputs"][i, :row.size] = np.where(slots[:row.size], vocab.MASK, row)
+        batch["segment_ids"][i, :row.size] = 1
+        batch["positions"][i, :row.size] = np.arange(row.size)
+    return batch, first, repeat
+
+
 def probe_set(run, tasks, examples: int):
     """(batch, first-occurrence mask, repeat mask, symbol ids): ``examples`` validation sequences,
     one per row, in the run's own layout. The masks mark positions of the generating side's inputs
-    (the single stack's, or an encoder-decoder's decoder side: ``BOS targets``, the encoder empty)."""
+    (the single stack's, or an encoder-decoder's decoder side: ``BOS targets``, the encoder empty);
+    for a mask-filling arch, the masked slots of :func:`masked_answer_probe`."""
     from archcmp.data import eval_batches
 
     tcfg = run.config["task"]
@@ -197,6 +277,9 @@ def probe_set(run, tasks, examples: int):
     task = tasks.get(tcfg["name"], params)
     T = int(tcfg["seq_len"])
     batches, exs = eval_batches(task, "validation", run.arch, T, examples, examples, seed=0, packing=False)
+    symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
+    if arch_spec(run.arch).mask_fill:  # no left-to-right side: masked answers, scored in place
+        return (*masked_answer_probe(task, exs, T), symbols, task)
     batch = batches[0]
     # decoder-side targets before the example's first target: SEP in a single stack's
     # BOS (x) SEP y, none in an encoder-decoder's BOS y[:-1]
@@ -218,7 +301,6 @@ def probe_set(run, tasks, examples: int):
             f, r = task.scored_targets(ex)
             first[i, f + lead] = True
             repeat[i, r + lead] = True
-    symbols = np.unique(np.concatenate([ex.targets[:-1] for ex in exs]))
     return batch, first, repeat, symbols, task
 
 
@@ -232,10 +314,9 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
     from archcmp.training.checkpoint import Checkpointer
 
     spec = arch_spec(run.arch)
-    if not spec.autoregressive:
-        raise ValueError(f"{run.run_dir}: induction analysis reads a left-to-right generating side; "
-                         f"arch={run.arch!r} fills masks")
     side = "dec_self" if spec.encoder_stack else "self"  # the generating side's self-attention
+    # a mask-filling model predicts a slot from both sides: matched on the token before the slot
+    matching = bidirectional_matching_scores if spec.mask_fill else prefix_matching_scores
     batch, first, repeat, symbols, task = probe_set(run, tasks, examples)
     model = build_model(run.model_cfg, int(run.summary.get("seed", 0)))
     graphdef, init_state = nnx.split(model)
@@ -263,8 +344,8 @@ def analyze_run(run, tasks, examples: int = 128) -> tuple[list[dict], list[dict]
             cop = np.stack([copying_scores(c) for c in ov_circuits(nnx.to_pure_dict(state), symbols,
                                                                    "decoder" if spec.encoder_stack else "stack")])
             for layer in range(attn.shape[0]):
-                strided = np.stack([prefix_matching_scores(attn[layer], batch["inputs"], valid, queries=repeat,
-                                                           stride=d) for d in STRIDES])  # [S, H]
+                strided = np.stack([matching(attn[layer], batch["inputs"], valid, queries=repeat, stride=d)
+                                    for d in STRIDES])  # [S, H]
                 back = np.stack([previous_token_scores(attn[layer], valid, d) for d in STRIDES])  # [S, H]
                 for h in range(attn.shape[2]):
                     s, b = int(strided[:, h].argmax()), int(back[:, h].argmax())
