@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-PILOTS = {"10 (extended)": "pilot10ext", "11": "pilot11", "12": "pilot12", "13": "pilot13", "14": "pilot14"}
+PILOTS = {"10 (extended)": "pilot10ext", "11": "pilot11", "12": "pilot12", "13": "pilot13", "14": "pilot14",
+          "15": "pilot15"}
 GUESS = {"4 shots": 0.49, "8 shots": 0.41}   # most frequent value shown (README, "Pilots")
 LEARNED = 0.8
 
